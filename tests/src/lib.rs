@@ -1,0 +1,1 @@
+//! Shared helpers for onionvpn's cross-crate integration tests (see `tests/`).
