@@ -1,0 +1,1 @@
+//! Fixed-size cells: the unit every link carries (docs/spec.md, "Cells").

@@ -1,0 +1,1 @@
+//! The one-round-trip circuit handshake (docs/spec.md, "Circuit handshake").

@@ -1,0 +1,1 @@
+//! Extension messages carried, encrypted, in the circuit handshake (docs/spec.md, "Extensions").

@@ -1,0 +1,1 @@
+//! Relay messages: what travels, encrypted, inside RELAY cells (docs/spec.md, "Relay messages").
