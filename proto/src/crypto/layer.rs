@@ -1,1 +1,439 @@
 //! Layered relay crypto: one layer per hop and direction (docs/spec.md, "Relay crypto").
+//!
+//! A RELAY cell body is `T (16) || C (491)`. Every hop and direction has a [`LayerState`]
+//! with an AES-256-GCM key `K`, an AES-256 key `U` for the tag permutation `E_U`, and a
+//! cell counter `n` that forms the GCM nonce `N(n) = 0u32 || n (u64 BE)`:
+//!
+//! ```text
+//! wrap(T', C') -> (T, C):  C  = ctr_K,N(C');  t = tag_K,N(C);  T  = E_U(T' ^ t)
+//! peel(T, C)  -> (T', C'): t  = tag_K,N(C);   C' = ctr_K,N(C); T' = D_U(T) ^ t
+//! ```
+//!
+//! `ctr` and `tag` are exactly the CTR part and the tag of standard AES-256-GCM with empty
+//! associated data, where the tag is computed over the ciphertext. A cell is *recognized* by
+//! a hop when its peel yields `T' == 0^16`. Everything works in place on a cell body, with
+//! no allocation per cell; AES key schedules and the GHASH key are expanded once.
+//!
+//! Every error is fatal for the circuit: the caller must tear it down.
+
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, InnerIvInit, KeyInit, StreamCipherCore};
+use aes::{Aes256, Block};
+use ghash::universal_hash::UniversalHash;
+use ghash::GHash;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_TAG_LEN};
+
+/// Length of the key material of one hop: `Kf || Uf || Kb || Ub`, 32 bytes each.
+pub const HOP_KEYS_LEN: usize = 128;
+
+/// The all-zero "recognized" marker `R` a hop finds in `T'` after peeling a cell meant for it.
+const RECOGNIZED: [u8; RELAY_TAG_LEN] = [0; RELAY_TAG_LEN];
+
+/// GCM nonce length (96 bits).
+const NONCE_LEN: usize = 12;
+
+/// Errors of the layered relay crypto. Every one of them means: tear the circuit down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayerError {
+    /// No layer recognized the cell (`T' != 0^16` after every peel): it was modified,
+    /// dropped, replayed or reordered somewhere on the path, or is not for this circuit.
+    #[error("relay cell not recognized by any of the {layers_tried} layer(s) tried")]
+    Unrecognized {
+        /// How many layers were peeled before giving up.
+        layers_tried: usize,
+    },
+    /// The layer's cell counter reached `u64::MAX`; using it again would repeat a nonce.
+    #[error("cell counter of the {direction} layer of hop {hop} is exhausted")]
+    CounterExhausted {
+        /// 0-based hop index (0 for a relay's own layers).
+        hop: usize,
+        /// `"forward"` or `"backward"`.
+        direction: &'static str,
+    },
+    /// The client asked for a hop the circuit does not have.
+    #[error("no hop {hop} in a circuit of {n_hops} hop(s)")]
+    NoSuchHop {
+        /// Requested 0-based hop.
+        hop: usize,
+        /// Hops in the circuit.
+        n_hops: usize,
+    },
+    /// The circuit already has [`MAX_HOPS`] hops.
+    #[error("circuit already has the maximum of {max} hops")]
+    TooManyHops {
+        /// [`MAX_HOPS`].
+        max: usize,
+    },
+}
+
+/// Key material of one hop, as produced by the circuit handshake:
+/// `Kf (32) || Uf (32) || Kb (32) || Ub (32)`.
+///
+/// `Kf`/`Uf` key the forward (client → relay) layer, `Kb`/`Ub` the backward one.
+/// Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct HopKeys {
+    kf: [u8; 32],
+    uf: [u8; 32],
+    kb: [u8; 32],
+    ub: [u8; 32],
+}
+
+impl HopKeys {
+    /// Key material from its 128-byte encoding `Kf || Uf || Kb || Ub`.
+    pub fn from_bytes(bytes: &[u8; HOP_KEYS_LEN]) -> Self {
+        let mut keys = Self {
+            kf: [0; 32],
+            uf: [0; 32],
+            kb: [0; 32],
+            ub: [0; 32],
+        };
+        keys.kf.copy_from_slice(&bytes[0..32]);
+        keys.uf.copy_from_slice(&bytes[32..64]);
+        keys.kb.copy_from_slice(&bytes[64..96]);
+        keys.ub.copy_from_slice(&bytes[96..128]);
+        keys
+    }
+
+    /// The 128-byte encoding `Kf || Uf || Kb || Ub` (zeroized when dropped).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; HOP_KEYS_LEN]> {
+        let mut out = Zeroizing::new([0u8; HOP_KEYS_LEN]);
+        out[0..32].copy_from_slice(&self.kf);
+        out[32..64].copy_from_slice(&self.uf);
+        out[64..96].copy_from_slice(&self.kb);
+        out[96..128].copy_from_slice(&self.ub);
+        out
+    }
+
+    fn forward(&self) -> LayerState {
+        LayerState::new(&self.kf, &self.uf)
+    }
+
+    fn backward(&self) -> LayerState {
+        LayerState::new(&self.kb, &self.ub)
+    }
+}
+
+impl core::fmt::Debug for HopKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("HopKeys(..)")
+    }
+}
+
+/// The GCM nonce for cell counter `n`: 4 zero bytes, then `n` as 8 bytes big-endian.
+pub fn nonce_for_counter(n: u64) -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[4..].copy_from_slice(&n.to_be_bytes());
+    nonce
+}
+
+/// AES-256-GCM (empty AAD) split into its CTR part and its tag, in place, without
+/// allocation. The key schedule and the GHASH key `H = E_K(0^128)` are expanded once.
+struct Gcm {
+    cipher: Aes256,
+    ghash: GHash,
+}
+
+type Ctr32<'a> = ctr::CtrCore<&'a Aes256, ctr::flavors::Ctr32BE>;
+
+impl Gcm {
+    fn new(key: &[u8; 32]) -> Self {
+        let cipher = Aes256::new(key.into());
+        let mut h = Block::default();
+        cipher.encrypt_block(&mut h);
+        let ghash = GHash::new(&h);
+        h.zeroize();
+        Self { cipher, ghash }
+    }
+
+    /// The CTR keystream positioned at `J0 + 1`, and the tag mask `E_K(J0)`,
+    /// where `J0 = nonce || 0x00000001` (GCM with a 96-bit nonce).
+    fn init(&self, nonce: &[u8; NONCE_LEN]) -> (Ctr32<'_>, Block) {
+        let mut j0 = Block::default();
+        j0[..NONCE_LEN].copy_from_slice(nonce);
+        j0[15] = 1;
+        let mut ctr = Ctr32::inner_iv_init(&self.cipher, &j0);
+        let mut mask = Block::default();
+        ctr.write_keystream_block(&mut mask);
+        (ctr, mask)
+    }
+
+    /// `GHASH_H(C, lengths) XOR mask` with empty associated data.
+    fn tag(&self, mask: &Block, ciphertext: &[u8]) -> [u8; 16] {
+        let mut gh = self.ghash.clone();
+        gh.update_padded(ciphertext);
+        let mut lens = Block::default();
+        // AAD length (bits) is zero; ciphertext length in bits, big-endian.
+        let bits = (ciphertext.len() as u64).wrapping_mul(8);
+        lens[8..].copy_from_slice(&bits.to_be_bytes());
+        gh.update(core::slice::from_ref(&lens));
+        let mut out = [0u8; 16];
+        for ((o, g), m) in out.iter_mut().zip(gh.finalize().iter()).zip(mask.iter()) {
+            *o = g ^ m;
+        }
+        out
+    }
+
+    /// GCM encryption in place; returns the tag over the resulting ciphertext.
+    fn encrypt(&self, nonce: &[u8; NONCE_LEN], buf: &mut [u8]) -> [u8; 16] {
+        let (ctr, mask) = self.init(nonce);
+        ctr.apply_keystream_partial(buf.into());
+        self.tag(&mask, buf)
+    }
+
+    /// GCM decryption in place (no verification); returns the tag over the ciphertext
+    /// as it was before decryption.
+    fn decrypt(&self, nonce: &[u8; NONCE_LEN], buf: &mut [u8]) -> [u8; 16] {
+        let (ctr, mask) = self.init(nonce);
+        let t = self.tag(&mask, buf);
+        ctr.apply_keystream_partial(buf.into());
+        t
+    }
+}
+
+/// One layer of one hop in one direction: GCM key `K`, tag-permutation key `U`,
+/// and the cell counter `n`. Key schedules are zeroized on drop by `aes` and `ghash`.
+pub struct LayerState {
+    gcm: Gcm,
+    u: Aes256,
+    n: u64,
+}
+
+impl LayerState {
+    /// A fresh layer (counter 0) from its GCM key `K` and tag key `U`.
+    pub fn new(k: &[u8; 32], u: &[u8; 32]) -> Self {
+        Self {
+            gcm: Gcm::new(k),
+            u: Aes256::new(u.into()),
+            n: 0,
+        }
+    }
+
+    /// The counter of the next cell this layer will process.
+    pub fn counter(&self) -> u64 {
+        self.n
+    }
+
+    /// Whether this layer can process another cell (its counter is below `u64::MAX`).
+    pub fn is_exhausted(&self) -> bool {
+        self.n == u64::MAX
+    }
+
+    /// Test support: set the counter (e.g. near `u64::MAX`).
+    #[doc(hidden)]
+    pub fn set_counter_for_tests(&mut self, n: u64) {
+        self.n = n;
+    }
+
+    /// Takes the counter for the next cell and advances it; refuses at `u64::MAX`.
+    fn next_nonce(&mut self) -> Option<[u8; NONCE_LEN]> {
+        if self.n == u64::MAX {
+            return None;
+        }
+        let nonce = nonce_for_counter(self.n);
+        self.n += 1;
+        Some(nonce)
+    }
+
+    /// `wrap(T', C') -> (T, C)` in place. `None` if the counter is exhausted (body untouched).
+    pub fn wrap(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Option<()> {
+        let nonce = self.next_nonce()?;
+        let tag = self.gcm.encrypt(&nonce, &mut body[RELAY_TAG_LEN..]);
+        let mut t = Block::default();
+        t.copy_from_slice(&body[..RELAY_TAG_LEN]);
+        xor_into(&mut t, &tag);
+        self.u.encrypt_block(&mut t);
+        body[..RELAY_TAG_LEN].copy_from_slice(&t);
+        Some(())
+    }
+
+    /// `peel(T, C) -> (T', C')` in place; returns whether `T' == 0^16` (recognized).
+    /// `None` if the counter is exhausted (body untouched).
+    pub fn peel(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Option<bool> {
+        let nonce = self.next_nonce()?;
+        let tag = self.gcm.decrypt(&nonce, &mut body[RELAY_TAG_LEN..]);
+        let mut t = Block::default();
+        t.copy_from_slice(&body[..RELAY_TAG_LEN]);
+        self.u.decrypt_block(&mut t);
+        xor_into(&mut t, &tag);
+        body[..RELAY_TAG_LEN].copy_from_slice(&t);
+        Some(is_recognized(&t))
+    }
+}
+
+impl ZeroizeOnDrop for LayerState {}
+
+impl core::fmt::Debug for LayerState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LayerState")
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+fn xor_into(t: &mut Block, x: &[u8; 16]) {
+    for (a, b) in t.iter_mut().zip(x) {
+        *a ^= b;
+    }
+}
+
+/// Branch-free comparison of `T'` with `R = 0^16`.
+fn is_recognized(t: &Block) -> bool {
+    t.iter()
+        .zip(RECOGNIZED.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// What a relay does with a forward cell after peeling its layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recognized {
+    /// `T' == 0^16`: the relay message in `C'` is for this hop.
+    ForMe,
+    /// Not for this hop: pass `(T', C')` to the next hop. If there is no next hop the
+    /// cell is a protocol violation and the circuit must be torn down.
+    Forward,
+}
+
+/// The client's relay crypto for one circuit: a (forward, backward) layer pair per hop.
+#[derive(Debug, Default)]
+pub struct ClientCircuitCrypto {
+    hops: Vec<(LayerState, LayerState)>,
+}
+
+impl ClientCircuitCrypto {
+    /// A circuit with no hops yet.
+    pub fn new() -> Self {
+        Self {
+            hops: Vec::with_capacity(MAX_HOPS),
+        }
+    }
+
+    /// Appends the layers of a newly extended hop (hop index `n_hops()` before the call).
+    pub fn add_hop(&mut self, keys: &HopKeys) -> Result<(), LayerError> {
+        if self.hops.len() >= MAX_HOPS {
+            return Err(LayerError::TooManyHops { max: MAX_HOPS });
+        }
+        self.hops.push((keys.forward(), keys.backward()));
+        Ok(())
+    }
+
+    /// Number of hops (layer pairs).
+    pub fn n_hops(&self) -> usize {
+        self.hops.len()
+    }
+
+    /// Addresses the message area already in `body[16..]` to `hop` (0-based): sets
+    /// `T = 0^16` and wraps with the forward layers of `hop, hop-1, …, 0`.
+    ///
+    /// Nothing is changed if any of those layers is exhausted.
+    pub fn encrypt_to(
+        &mut self,
+        hop: usize,
+        body: &mut [u8; CELL_BODY_LEN],
+    ) -> Result<(), LayerError> {
+        let n_hops = self.hops.len();
+        let layers = self
+            .hops
+            .get_mut(..=hop)
+            .ok_or(LayerError::NoSuchHop { hop, n_hops })?;
+        if let Some(i) = layers.iter().position(|(f, _)| f.is_exhausted()) {
+            return Err(LayerError::CounterExhausted {
+                hop: i,
+                direction: "forward",
+            });
+        }
+        body[..RELAY_TAG_LEN].copy_from_slice(&RECOGNIZED);
+        for (i, (fwd, _)) in layers.iter_mut().enumerate().rev() {
+            fwd.wrap(body).ok_or(LayerError::CounterExhausted {
+                hop: i,
+                direction: "forward",
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Peels backward layers `0, 1, …` in place until one recognizes the cell, and returns
+    /// that (0-based) originating hop; the message is then in `body[16..]`.
+    pub fn decrypt(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Result<usize, LayerError> {
+        for (i, (_, bwd)) in self.hops.iter_mut().enumerate() {
+            let recognized = bwd.peel(body).ok_or(LayerError::CounterExhausted {
+                hop: i,
+                direction: "backward",
+            })?;
+            if recognized {
+                return Ok(i);
+            }
+        }
+        Err(LayerError::Unrecognized {
+            layers_tried: self.hops.len(),
+        })
+    }
+
+    /// Test support: the layers of one hop.
+    #[doc(hidden)]
+    pub fn layers_mut_for_tests(&mut self, hop: usize) -> Option<&mut (LayerState, LayerState)> {
+        self.hops.get_mut(hop)
+    }
+}
+
+/// A relay's relay crypto for one circuit: its own forward and backward layers.
+#[derive(Debug)]
+pub struct RelayCircuitCrypto {
+    fwd: LayerState,
+    bwd: LayerState,
+}
+
+impl RelayCircuitCrypto {
+    /// The layers keyed by this hop's handshake output.
+    pub fn from_keys(keys: &HopKeys) -> Self {
+        Self {
+            fwd: keys.forward(),
+            bwd: keys.backward(),
+        }
+    }
+
+    /// Peels this hop's forward layer from a cell arriving from the client side, in place.
+    pub fn decrypt_forward(
+        &mut self,
+        body: &mut [u8; CELL_BODY_LEN],
+    ) -> Result<Recognized, LayerError> {
+        match self.fwd.peel(body) {
+            Some(true) => Ok(Recognized::ForMe),
+            Some(false) => Ok(Recognized::Forward),
+            None => Err(LayerError::CounterExhausted {
+                hop: 0,
+                direction: "forward",
+            }),
+        }
+    }
+
+    /// Wraps a cell arriving from the next hop (going toward the client) with this hop's
+    /// backward layer, in place.
+    pub fn encrypt_backward(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Result<(), LayerError> {
+        self.bwd.wrap(body).ok_or(LayerError::CounterExhausted {
+            hop: 0,
+            direction: "backward",
+        })
+    }
+
+    /// Originates a cell toward the client: sets `T = 0^16` over the message already in
+    /// `body[16..]`, then wraps it with this hop's backward layer.
+    pub fn originate_backward(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Result<(), LayerError> {
+        if self.bwd.is_exhausted() {
+            return Err(LayerError::CounterExhausted {
+                hop: 0,
+                direction: "backward",
+            });
+        }
+        body[..RELAY_TAG_LEN].copy_from_slice(&RECOGNIZED);
+        self.encrypt_backward(body)
+    }
+
+    /// Test support: the (forward, backward) layers.
+    #[doc(hidden)]
+    pub fn layers_mut_for_tests(&mut self) -> (&mut LayerState, &mut LayerState) {
+        (&mut self.fwd, &mut self.bwd)
+    }
+}
