@@ -437,3 +437,214 @@ impl RelayCircuitCrypto {
         (&mut self.fwd, &mut self.bwd)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes_gcm::aead::AeadInOut;
+    use aes_gcm::Aes256Gcm;
+    use proptest::prelude::*;
+
+    fn aes_gcm_reference(key: &[u8; 32], nonce: &[u8; 12], data: &[u8]) -> (Vec<u8>, [u8; 16]) {
+        let aead = Aes256Gcm::new(key.into());
+        let mut buf = data.to_vec();
+        let tag = aead
+            .encrypt_inout_detached(nonce.into(), &[], buf.as_mut_slice().into())
+            .unwrap();
+        (buf, tag.into())
+    }
+
+    proptest! {
+        /// Our (ctr, tag) split is standard AES-256-GCM (empty AAD), for any key, nonce, length.
+        #[test]
+        fn gcm_split_equals_aes_gcm(
+            key in any::<[u8; 32]>(),
+            nonce in any::<[u8; 12]>(),
+            data in proptest::collection::vec(any::<u8>(), 0..700),
+        ) {
+            let (want_ct, want_tag) = aes_gcm_reference(&key, &nonce, &data);
+            let gcm = Gcm::new(&key);
+            let mut buf = data.clone();
+            let tag = gcm.encrypt(&nonce, &mut buf);
+            prop_assert_eq!(&buf, &want_ct);
+            prop_assert_eq!(tag, want_tag);
+            // decrypt: same tag (over the ciphertext), plaintext restored
+            let tag2 = gcm.decrypt(&nonce, &mut buf);
+            prop_assert_eq!(tag2, want_tag);
+            prop_assert_eq!(buf, data);
+        }
+
+        /// peel is the exact inverse of wrap, and a freshly originated cell is recognized.
+        #[test]
+        fn peel_inverts_wrap(
+            k in any::<[u8; 32]>(),
+            u in any::<[u8; 32]>(),
+            start in 0u64..u64::MAX - 4,
+            body in proptest::collection::vec(any::<u8>(), CELL_BODY_LEN),
+        ) {
+            let mut a = LayerState::new(&k, &u);
+            let mut b = LayerState::new(&k, &u);
+            a.set_counter_for_tests(start);
+            b.set_counter_for_tests(start);
+            let orig: [u8; CELL_BODY_LEN] = body.try_into().unwrap();
+            let mut cell = orig;
+            a.wrap(&mut cell).unwrap();
+            prop_assert_ne!(cell, orig);
+            let rec = b.peel(&mut cell).unwrap();
+            prop_assert_eq!(cell, orig);
+            prop_assert_eq!(rec, orig[..16] == [0u8; 16]);
+            prop_assert_eq!(a.counter(), start + 1);
+            prop_assert_eq!(b.counter(), start + 1);
+        }
+    }
+
+    /// wrap follows the spec literally: C = GCM-CTR_K,N(n)(C'), T = E_U(T' ^ GCM-tag(C)).
+    #[test]
+    fn wrap_matches_spec_with_counter_nonce() {
+        let k = [7u8; 32];
+        let u = [9u8; 32];
+        for n in [0u64, 1, 2, 0x0102_0304_0506_0708, u64::MAX - 1] {
+            let mut layer = LayerState::new(&k, &u);
+            layer.set_counter_for_tests(n);
+            let mut cell = [0u8; CELL_BODY_LEN];
+            for (i, b) in cell.iter_mut().enumerate() {
+                *b = (i * 31 % 251) as u8;
+            }
+            let orig = cell;
+            layer.wrap(&mut cell).unwrap();
+            let nonce = nonce_for_counter(n);
+            assert_eq!(&nonce[..4], &[0u8; 4]);
+            assert_eq!(&nonce[4..], &n.to_be_bytes());
+            let (ct, tag) = aes_gcm_reference(&k, &nonce, &orig[16..]);
+            assert_eq!(&cell[16..], &ct[..]);
+            let mut t = Block::default();
+            for i in 0..16 {
+                t[i] = orig[i] ^ tag[i];
+            }
+            Aes256::new((&u).into()).encrypt_block(&mut t);
+            assert_eq!(&cell[..16], t.as_slice());
+        }
+    }
+
+    /// The nonce sequence of a layer pair never repeats: over 2^20 cells per direction
+    /// each nonce is strictly greater (as bytes) than the one before; also over real cells.
+    #[test]
+    fn nonces_never_repeat() {
+        let keys = HopKeys::from_bytes(&[3u8; HOP_KEYS_LEN]);
+        let mut relay = RelayCircuitCrypto::from_keys(&keys);
+        let (fwd, bwd) = relay.layers_mut_for_tests();
+        for layer in [fwd, bwd] {
+            let mut prev: Option<[u8; 12]> = None;
+            for i in 0..(1u64 << 20) {
+                let nonce = layer.next_nonce().unwrap();
+                assert_eq!(nonce, nonce_for_counter(i));
+                if let Some(p) = prev {
+                    assert!(nonce > p, "nonce did not strictly increase at cell {i}");
+                }
+                prev = Some(nonce);
+            }
+            assert_eq!(layer.counter(), 1 << 20);
+        }
+        // real cells through the public API advance each counter by exactly one
+        let mut client = ClientCircuitCrypto::new();
+        client.add_hop(&keys).unwrap();
+        let mut relay = RelayCircuitCrypto::from_keys(&keys);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u64 {
+            let mut cell = [i as u8; CELL_BODY_LEN];
+            let before = client.layers_mut_for_tests(0).unwrap().0.counter();
+            assert!(seen.insert(nonce_for_counter(before)));
+            client.encrypt_to(0, &mut cell).unwrap();
+            assert_eq!(
+                client.layers_mut_for_tests(0).unwrap().0.counter(),
+                before + 1
+            );
+            assert_eq!(relay.decrypt_forward(&mut cell).unwrap(), Recognized::ForMe);
+            assert_eq!(relay.layers_mut_for_tests().0.counter(), i + 1);
+            relay.originate_backward(&mut cell).unwrap();
+            assert_eq!(client.decrypt(&mut cell).unwrap(), 0);
+            assert_eq!(relay.layers_mut_for_tests().1.counter(), i + 1);
+        }
+        assert_eq!(seen.len(), 4096);
+    }
+
+    /// At u64::MAX every operation refuses with CounterExhausted and leaves the body alone.
+    #[test]
+    fn counter_exhaustion_is_an_error() {
+        let keys = HopKeys::from_bytes(&[5u8; HOP_KEYS_LEN]);
+        let mut relay = RelayCircuitCrypto::from_keys(&keys);
+        let (fwd, bwd) = relay.layers_mut_for_tests();
+        fwd.set_counter_for_tests(u64::MAX - 1);
+        bwd.set_counter_for_tests(u64::MAX - 1);
+        let mut cell = [1u8; CELL_BODY_LEN];
+        assert!(relay.decrypt_forward(&mut cell).is_ok());
+        assert!(relay.encrypt_backward(&mut cell).is_ok());
+        let snapshot = cell;
+        let fwd_err = LayerError::CounterExhausted {
+            hop: 0,
+            direction: "forward",
+        };
+        let bwd_err = LayerError::CounterExhausted {
+            hop: 0,
+            direction: "backward",
+        };
+        assert_eq!(relay.decrypt_forward(&mut cell), Err(fwd_err.clone()));
+        assert_eq!(relay.encrypt_backward(&mut cell), Err(bwd_err.clone()));
+        assert_eq!(relay.originate_backward(&mut cell), Err(bwd_err));
+        assert_eq!(cell, snapshot);
+        assert_eq!(relay.layers_mut_for_tests().0.counter(), u64::MAX);
+
+        let mut client = ClientCircuitCrypto::new();
+        client.add_hop(&keys).unwrap();
+        client.add_hop(&keys).unwrap();
+        client
+            .layers_mut_for_tests(1)
+            .unwrap()
+            .0
+            .set_counter_for_tests(u64::MAX);
+        let err = client.encrypt_to(1, &mut cell).unwrap_err();
+        assert_eq!(
+            err,
+            LayerError::CounterExhausted {
+                hop: 1,
+                direction: "forward"
+            }
+        );
+        assert_eq!(cell, snapshot);
+        // hop 0 untouched by the refused cell
+        assert_eq!(client.layers_mut_for_tests(0).unwrap().0.counter(), 0);
+        client
+            .layers_mut_for_tests(0)
+            .unwrap()
+            .1
+            .set_counter_for_tests(u64::MAX);
+        assert!(matches!(
+            client.decrypt(&mut cell),
+            Err(LayerError::CounterExhausted { hop: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn hop_bounds() {
+        let keys = HopKeys::from_bytes(&[0u8; HOP_KEYS_LEN]);
+        let mut client = ClientCircuitCrypto::new();
+        let mut cell = [0u8; CELL_BODY_LEN];
+        assert_eq!(
+            client.encrypt_to(0, &mut cell),
+            Err(LayerError::NoSuchHop { hop: 0, n_hops: 0 })
+        );
+        assert_eq!(
+            client.decrypt(&mut cell),
+            Err(LayerError::Unrecognized { layers_tried: 0 })
+        );
+        for _ in 0..MAX_HOPS {
+            client.add_hop(&keys).unwrap();
+        }
+        assert_eq!(
+            client.add_hop(&keys),
+            Err(LayerError::TooManyHops { max: MAX_HOPS })
+        );
+        assert_eq!(client.n_hops(), MAX_HOPS);
+        assert_eq!(keys.to_bytes().as_slice(), &[0u8; HOP_KEYS_LEN][..]);
+    }
+}
