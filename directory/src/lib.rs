@@ -9,9 +9,14 @@
     )
 )]
 
+pub mod cache;
 pub mod descriptor;
+pub mod dht;
 pub mod network;
+pub mod path;
+pub mod pex;
 pub mod policy;
+pub mod relays;
 
 pub use descriptor::{
     Descriptor, DescriptorBody, DescriptorError, IdentityKey, RejectReason, RejectionCounters,
@@ -19,3 +24,4 @@ pub use descriptor::{
 };
 pub use network::{Network, NetworkId, NetworkKey};
 pub use policy::{ExitPolicy, Target};
+pub use relays::{RelaySet, Source};
