@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{RwLock, Semaphore};
 
-use crate::descriptor::{IdentityKey, UncheckedDescriptor, MAX_DESCRIPTOR_LEN};
+use crate::descriptor::{IdentityKey, MAX_DESCRIPTOR_LEN};
 use crate::network::Network;
 use crate::pex::{verify_pex, MAX_PEX_LEN};
 use crate::relays::{Offered, RelaySet, Source};
@@ -381,34 +381,62 @@ pub async fn discover<B: DhtBackend, F: DescriptorFetcher + Clone + 'static>(
     rep.addresses = seen.len();
     if cfg.refresh_from_dht {
         let keys: Vec<IdentityKey> = relays.iter().map(|d| d.identity()).collect();
-        for chunk in keys.chunks(cfg.dht_concurrency.max(1)) {
-            if start.elapsed() >= cfg.deadline {
-                break;
-            }
-            let salt = network.salt().to_vec();
-            let lookups = chunk.iter().map(|k| dht.get_descriptor(k.0, salt.clone()));
-            rep.dht_lookups += chunk.len();
-            let results = join_all(lookups).await;
-            let now = unix_now();
-            for (k, r) in chunk.iter().zip(results) {
-                if let Some((value, seq)) = r {
-                    rep.bytes += value.len();
-                    let src = Source::Dht { key: *k, seq };
-                    if let Ok(u) = UncheckedDescriptor::parse(&value) {
-                        if relays.offer(u, src, now).is_ok() {
-                            rep.via_dht += 1;
-                        }
-                    } else {
-                        let _ = relays.offer_bytes(&value, src, now);
-                    }
-                }
-            }
-            note_first(&mut rep, relays);
+        let missed = refresh_pass(
+            dht,
+            relays,
+            &keys,
+            cfg.dht_concurrency,
+            cfg,
+            &mut rep,
+            start,
+        )
+        .await;
+        // Lookups lose packets under concurrency: retry the misses once, one at a time.
+        if !missed.is_empty() {
+            refresh_pass(dht, relays, &missed, 1, cfg, &mut rep, start).await;
         }
+        note_first(&mut rep, relays);
     }
     note_first(&mut rep, relays);
     rep.elapsed = start.elapsed();
     rep
+}
+
+/// Looks up `keys` in the DHT, `width` at a time; returns the keys that found nothing.
+async fn refresh_pass<B: DhtBackend>(
+    dht: &B,
+    relays: &mut RelaySet,
+    keys: &[IdentityKey],
+    width: usize,
+    cfg: &DiscoveryConfig,
+    rep: &mut DiscoveryReport,
+    start: Instant,
+) -> Vec<IdentityKey> {
+    let salt = relays.network().salt().to_vec();
+    let mut missed = Vec::new();
+    for chunk in keys.chunks(width.max(1)) {
+        if start.elapsed() >= cfg.deadline {
+            break;
+        }
+        let lookups = chunk.iter().map(|k| dht.get_descriptor(k.0, salt.clone()));
+        rep.dht_lookups += chunk.len();
+        let results = join_all(lookups).await;
+        let now = unix_now();
+        for (k, r) in chunk.iter().zip(results) {
+            let Some((value, seq)) = r else {
+                missed.push(*k);
+                continue;
+            };
+            rep.bytes += value.len();
+            if relays
+                .offer_bytes(&value, Source::Dht { key: *k, seq }, now)
+                .is_ok()
+            {
+                rep.via_dht += 1;
+            }
+        }
+    }
+    missed
 }
 
 /// Runs futures concurrently on the current task and returns their outputs in order.

@@ -204,6 +204,20 @@ pub fn select_path<'a, R: Rng + ?Sized>(
             None => d.body().exit_policy.is_exit(),
         })
         .collect();
+    guards.expire(now);
+    // Keep the primary guard out of the exit position when another exit qualifies, so that a
+    // path does not push the client onto a new guard just because its guard was drawn as exit.
+    let primary = guards
+        .guards
+        .iter()
+        .find(|g| usable.iter().any(|d| d.identity() == g.identity))
+        .map(|g| g.identity);
+    let exits = match primary {
+        Some(p) if req.use_guards && req.hops > 1 && exits.iter().any(|d| d.identity() != p) => {
+            exits.into_iter().filter(|d| d.identity() != p).collect()
+        }
+        _ => exits,
+    };
     let exit = weighted_choice(&exits, rng).ok_or(PathError::NoExit {
         usable: usable.len(),
     })?;
@@ -214,7 +228,6 @@ pub fn select_path<'a, R: Rng + ?Sized>(
             new_guard: false,
         });
     }
-    guards.expire(now);
     let levels: [&[SoftConstraint]; 3] = [
         &[],
         &[SoftConstraint::Subnet16],

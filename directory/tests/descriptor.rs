@@ -33,7 +33,14 @@ fn round_trip_is_canonical_and_within_limit() {
 fn building_an_oversized_descriptor_is_a_clear_error() {
     let mut b = body(1, &net(), addr(10, 1, 0, 9001), NOW);
     b.family = (0..32u8).map(family).collect();
-    b.onion_keys = vec![OnionKey { key: [1; 32], valid_after: 0, valid_until: NOW + 10 }; 4];
+    b.onion_keys = vec![
+        OnionKey {
+            key: [1; 32],
+            valid_after: 0,
+            valid_until: NOW + 10
+        };
+        4
+    ];
     match b.sign(&key(1)) {
         Err(DescriptorError::Oversized { len, max }) => {
             assert!(len > max);
@@ -68,11 +75,22 @@ fn each_bad_descriptor_kind_is_rejected_typed_and_counted() {
 
     // Wrong key: a valid descriptor of relay 1 returned for a lookup under relay 3's key.
     let k3 = IdentityKey::from_signing_key(&key(3));
-    let e = set.offer_bytes(&good_bytes, Source::Dht { key: k3, seq: NOW as i64 }, NOW).unwrap_err();
+    let e = set
+        .offer_bytes(
+            &good_bytes,
+            Source::Dht {
+                key: k3,
+                seq: NOW as i64,
+            },
+            NOW,
+        )
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::WrongKey { .. }), "{e:?}");
 
     // Expired.
-    let e = set.offer_bytes(&good_bytes, Source::Pex, NOW + 24 * 3600).unwrap_err();
+    let e = set
+        .offer_bytes(&good_bytes, Source::Pex, NOW + 24 * 3600)
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::Expired { .. }), "{e:?}");
 
     // Oversized input.
@@ -82,7 +100,9 @@ fn each_bad_descriptor_kind_is_rejected_typed_and_counted() {
     assert!(matches!(e, DescriptorError::Oversized { .. }), "{e:?}");
 
     // Malformed: truncated, and trailing garbage.
-    let e = set.offer_bytes(&good_bytes[..100], Source::Pex, NOW).unwrap_err();
+    let e = set
+        .offer_bytes(&good_bytes[..100], Source::Pex, NOW)
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::Malformed { .. }), "{e:?}");
     let mut trailing = good_bytes.clone();
     trailing.push(0);
@@ -93,23 +113,41 @@ fn each_bad_descriptor_kind_is_rejected_typed_and_counted() {
     let mut newer = good.clone();
     newer.seq = NOW + 60;
     newer.published = NOW + 60;
-    assert_eq!(set.offer_bytes(&signed(1, &newer), Source::Pex, NOW + 60).unwrap(), Offered::New);
-    let e = set.offer_bytes(&good_bytes, Source::Pex, NOW + 60).unwrap_err();
-    assert!(matches!(e, DescriptorError::StaleSeq { known, got, .. } if known == NOW + 60 && got == NOW), "{e:?}");
+    assert_eq!(
+        set.offer_bytes(&signed(1, &newer), Source::Pex, NOW + 60)
+            .unwrap(),
+        Offered::New
+    );
+    let e = set
+        .offer_bytes(&good_bytes, Source::Pex, NOW + 60)
+        .unwrap_err();
+    assert!(
+        matches!(e, DescriptorError::StaleSeq { known, got, .. } if known == NOW + 60 && got == NOW),
+        "{e:?}"
+    );
     // Same seq, other content: also stale.
     let mut same_seq = newer.clone();
     same_seq.bandwidth += 1;
-    let e = set.offer_bytes(&signed(1, &same_seq), Source::Pex, NOW + 60).unwrap_err();
+    let e = set
+        .offer_bytes(&signed(1, &same_seq), Source::Pex, NOW + 60)
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::StaleSeq { .. }), "{e:?}");
 
     // Served from an address it does not list.
     let b4 = body(4, &n, a, NOW);
-    let e = set.offer_bytes(&signed(4, &b4), Source::Relay(addr(10, 9, 0, 9001)), NOW).unwrap_err();
-    assert!(matches!(e, DescriptorError::AddressMismatch { .. }), "{e:?}");
+    let e = set
+        .offer_bytes(&signed(4, &b4), Source::Relay(addr(10, 9, 0, 9001)), NOW)
+        .unwrap_err();
+    assert!(
+        matches!(e, DescriptorError::AddressMismatch { .. }),
+        "{e:?}"
+    );
 
     // Seq mismatch between BEP44 and descriptor.
     let k4 = IdentityKey::from_signing_key(&key(4));
-    let e = set.offer_bytes(&signed(4, &b4), Source::Dht { key: k4, seq: 5 }, NOW).unwrap_err();
+    let e = set
+        .offer_bytes(&signed(4, &b4), Source::Dht { key: k4, seq: 5 }, NOW)
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::SeqMismatch { .. }), "{e:?}");
 
     let c = set.counters();
@@ -129,11 +167,17 @@ fn each_bad_descriptor_kind_is_rejected_typed_and_counted() {
 fn other_network_and_future_descriptors_are_rejected() {
     let other = Network::public("lab", 1).unwrap();
     let b = body(1, &other, addr(10, 1, 0, 9001), NOW);
-    let e = UncheckedDescriptor::parse(&signed(1, &b)).unwrap().check(None, &net().id(), NOW).unwrap_err();
+    let e = UncheckedDescriptor::parse(&signed(1, &b))
+        .unwrap()
+        .check(None, &net().id(), NOW)
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::WrongNetwork { .. }));
     let mut f = body(1, &net(), addr(10, 1, 0, 9001), NOW + 3600);
     f.seq = NOW;
-    let e = UncheckedDescriptor::parse(&signed(1, &f)).unwrap().check(None, &net().id(), NOW).unwrap_err();
+    let e = UncheckedDescriptor::parse(&signed(1, &f))
+        .unwrap()
+        .check(None, &net().id(), NOW)
+        .unwrap_err();
     assert!(matches!(e, DescriptorError::NotYetValid { .. }));
 }
 
@@ -142,7 +186,9 @@ fn other_network_and_future_descriptors_are_rejected() {
 #[test]
 fn pex_cannot_alter_served_descriptors() {
     let n = net();
-    let ds: Vec<_> = (0..3).map(|i| checked(i, &body(i, &n, addr(10, i as u8, 0, 9001), NOW), &n, NOW)).collect();
+    let ds: Vec<_> = (0..3)
+        .map(|i| checked(i, &body(i, &n, addr(10, i as u8, 0, 9001), NOW), &n, NOW))
+        .collect();
     let batch = build_pex(ds.iter()).unwrap();
     let mut c = RejectionCounters::default();
     let ok = verify_pex(&batch, &n.id(), NOW, &mut c).unwrap();
@@ -159,7 +205,10 @@ fn pex_cannot_alter_served_descriptors() {
                 assert_eq!(out.accepted.len(), 2, "entry {entry} byte {off}");
                 assert_eq!(out.rejected.len(), 1);
                 assert_eq!(out.rejected[0].0, entry);
-                assert!(!out.accepted.iter().any(|d| d.identity() == ds[entry].identity()));
+                assert!(!out
+                    .accepted
+                    .iter()
+                    .any(|d| d.identity() == ds[entry].identity()));
                 tested += 1;
             }
         }

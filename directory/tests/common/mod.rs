@@ -28,11 +28,21 @@ pub fn body(i: u32, net: &Network, addr: SocketAddr, now: u64) -> DescriptorBody
         expires: now + 24 * 3600,
         link_key: LinkKey([i as u8; 32]),
         bandwidth: 1_000_000 * u64::from(i % 7 + 1),
-        prices: Prices { msat_per_mib: 1000, msat_per_min: 100 },
+        prices: Prices {
+            msat_per_mib: 1000,
+            msat_per_min: 100,
+        },
         ln_node_id: LnNodeId([2; 33]),
-        onion_keys: vec![OnionKey { key: [9; 32], valid_after: now - 10, valid_until: now + 7 * 24 * 3600 }],
+        onion_keys: vec![OnionKey {
+            key: [9; 32],
+            valid_after: now - 10,
+            valid_until: now + 7 * 24 * 3600,
+        }],
         addresses: vec![addr],
-        protocols: vec![ProtoVersion { id: 1, version: 1 }, ProtoVersion { id: 2, version: 1 }],
+        protocols: vec![
+            ProtoVersion { id: 1, version: 1 },
+            ProtoVersion { id: 2, version: 1 },
+        ],
         family: vec![],
         exit_policy: ExitPolicy::accept_all(),
     }
@@ -47,7 +57,10 @@ pub fn signed(i: u32, b: &DescriptorBody) -> Vec<u8> {
 }
 
 pub fn checked(i: u32, b: &DescriptorBody, net: &Network, now: u64) -> Descriptor {
-    UncheckedDescriptor::parse(&signed(i, b)).unwrap().check(None, &net.id(), now).unwrap()
+    UncheckedDescriptor::parse(&signed(i, b))
+        .unwrap()
+        .check(None, &net.id(), now)
+        .unwrap()
 }
 
 pub fn family(x: u8) -> FamilyId {
