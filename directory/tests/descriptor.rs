@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(clippy::needless_range_loop)]
 //! Descriptor encoding, checks, typed rejections with counters, and PEX integrity.
 
 mod common;
