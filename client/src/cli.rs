@@ -144,3 +144,291 @@ impl Cli {
         self.load_with_env(&|k| std::env::var_os(k))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{
+        default_bootstrap, ClientConfig, DEFAULT_BUDGET, DEFAULT_MAX_PRICE_MIB,
+        DEFAULT_MAX_PRICE_MIN, DEFAULT_SOCKS, KEYS,
+    };
+
+    const EXAMPLE: &str = include_str!("../client.example.toml");
+
+    fn home_env(k: &str) -> Option<OsString> {
+        (k == "HOME").then(|| OsString::from("/home/u"))
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("onionvpn-client").chain(args.iter().copied()))
+    }
+
+    fn file(text: &str) -> Result<Layer, ConfigError> {
+        Layer::from_toml(text, Path::new("/etc/onionvpn/client.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&[]).unwrap();
+        let c = ClientConfig::resolve(&cli.layer(), None, &home_env).unwrap();
+        assert_eq!(c.hops, 3);
+        assert_eq!(c.socks, DEFAULT_SOCKS);
+        assert_eq!(c.socks.to_string(), "127.0.0.1:9050");
+        assert_eq!(c.data_dir, PathBuf::from("/home/u/.local/state/onionvpn"));
+        assert_eq!(c.bootstrap, default_bootstrap());
+        assert!(c
+            .bootstrap
+            .iter()
+            .any(|b| b == "router.bittorrent.com:6881"));
+        assert_eq!(c.network, NetworkChoice::Public("main".into()));
+        assert_eq!(c.price_cap.msat_per_mib, DEFAULT_MAX_PRICE_MIB);
+        assert_eq!(c.price_cap.msat_per_min, DEFAULT_MAX_PRICE_MIN);
+        assert_eq!(c.budget_msat, DEFAULT_BUDGET);
+        assert!(!c.log_sensitive);
+        assert!(!cli.print_config);
+    }
+
+    #[test]
+    fn cli_overrides_file_overrides_defaults() {
+        let f = file(
+            "hops = 2\nsocks = \"127.0.0.1:9150\"\nbudget = 5\nbootstrap = [\"a.example:1\"]\n\
+             log_sensitive = true\nnetwork_key = \"net.key\"",
+        )
+        .unwrap();
+        let cli = parse(&[
+            "--hops",
+            "5",
+            "--bootstrap",
+            "127.0.0.1:6881",
+            "--bootstrap",
+            "[::1]:6882",
+            "--network",
+            "testnet",
+            "--max-price-mib",
+            "7",
+        ])
+        .unwrap();
+        let c = ClientConfig::resolve(&cli.layer(), Some(&f), &home_env).unwrap();
+        assert_eq!(c.hops, 5, "CLI beats file");
+        assert_eq!(c.socks.port(), 9150, "file beats default");
+        assert_eq!(c.budget_msat, 5);
+        assert_eq!(c.bootstrap, vec!["127.0.0.1:6881", "[::1]:6882"]);
+        assert_eq!(c.network, NetworkChoice::Public("testnet".into()));
+        assert_eq!(c.price_cap.msat_per_mib, 7);
+        assert_eq!(c.price_cap.msat_per_min, DEFAULT_MAX_PRICE_MIN);
+        assert!(c.log_sensitive, "absent flag leaves the file's value");
+        // Without CLI network, the file's key file wins, anchored at the file's directory.
+        let c = ClientConfig::resolve(&Layer::default(), Some(&f), &home_env).unwrap();
+        assert_eq!(
+            c.network,
+            NetworkChoice::KeyFile(PathBuf::from("/etc/onionvpn/net.key"))
+        );
+    }
+
+    #[test]
+    fn hops_bounds_on_the_command_line() {
+        for bad in ["0", "9", "-1", "three"] {
+            let e = parse(&[&format!("--hops={bad}")]).unwrap_err().to_string();
+            assert!(e.contains("--hops"), "{e}");
+        }
+        let e = parse(&["--hops", "9"]).unwrap_err().to_string();
+        assert!(e.contains("1..=8"), "{e}");
+        for ok in 1..=8u8 {
+            assert_eq!(parse(&["--hops", &ok.to_string()]).unwrap().hops, Some(ok));
+        }
+    }
+
+    #[test]
+    fn hops_bounds_in_the_file() {
+        for bad in ["0", "9", "-3", "\"3\"", "3.0"] {
+            let e = file(&format!("hops = {bad}")).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::Invalid { key: "hops", .. }),
+                "{bad}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("`hops`") && msg.contains(bad) && msg.contains("1 to 8"));
+        }
+        assert_eq!(file("hops = 8").unwrap().hops, Some(8));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = file("hops = 3\nsocks_port = 9050").unwrap_err();
+        match &e {
+            ConfigError::UnknownKey { key, .. } => assert_eq!(key, "socks_port"),
+            other => panic!("{other}"),
+        }
+        let msg = e.to_string();
+        assert!(msg.contains("`socks_port`") && msg.contains("/etc/onionvpn/client.toml"));
+        // A table is an unknown key too, named by its table name.
+        let e = file("[exit]\nenabled = true").unwrap_err();
+        assert!(matches!(e, ConfigError::UnknownKey { ref key, .. } if key == "exit"));
+    }
+
+    #[test]
+    fn bad_socks_address_names_key_and_value() {
+        for bad in [
+            "\"localhost:9050\"",
+            "\"127.0.0.1\"",
+            "9050",
+            "\"1.2.3.4:99999\"",
+        ] {
+            let e = file(&format!("socks = {bad}")).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::Invalid { key: "socks", .. }),
+                "{bad}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("`socks`"), "{msg}");
+            assert!(msg.contains(bad), "{msg}");
+            assert!(msg.contains("IP address and port"), "{msg}");
+        }
+        assert!(parse(&["--socks", "localhost:9050"]).is_err());
+        assert_eq!(
+            parse(&["--socks", "[::1]:1080"]).unwrap().socks,
+            Some("[::1]:1080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn other_bad_values_name_their_key() {
+        for (text, key) in [
+            ("budget = -1", "budget"),
+            ("max_price_mib = \"cheap\"", "max_price_mib"),
+            ("max_price_min = true", "max_price_min"),
+            ("bootstrap = []", "bootstrap"),
+            ("bootstrap = [\"nohostport\"]", "bootstrap"),
+            ("bootstrap = \"a:1\"", "bootstrap"),
+            ("network = \"has space\"", "network"),
+            ("network = \"\"", "network"),
+            ("log_sensitive = 1", "log_sensitive"),
+            ("data_dir = \"\"", "data_dir"),
+            ("network_key = 3", "network_key"),
+        ] {
+            match file(text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(file("hops = "), Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
+    fn network_and_key_are_exclusive() {
+        assert!(matches!(
+            file("network = \"a\"\nnetwork_key = \"k\""),
+            Err(ConfigError::NetworkConflict { .. })
+        ));
+        let e = parse(&["--network", "a", "--network-key", "k"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(parse(&["--network", "bad name"]).is_err());
+        assert!(parse(&["--bootstrap", "host"]).is_err());
+    }
+
+    /// The example file, with every `# key = value` line uncommented.
+    fn example_uncommented() -> toml::Table {
+        let text: String = EXAMPLE
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("# ")?;
+                let (key, _) = rest.split_once(" = ")?;
+                key.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+                    .then(|| format!("{rest}\n"))
+            })
+            .collect();
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn example_covers_every_key_with_its_default() {
+        let example = example_uncommented();
+        let example_keys: BTreeSet<&str> = example.keys().map(String::as_str).collect();
+        let known: BTreeSet<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(example_keys, known);
+
+        let default = ClientConfig::resolve(&Layer::default(), None, &home_env).unwrap();
+        let table = default.to_toml_table();
+        let mut serialised: BTreeSet<&str> = table.keys().map(String::as_str).collect();
+        // Only a private network serialises `network_key`; it has no default.
+        serialised.insert("network_key");
+        assert_eq!(serialised, known, "KEYS and ClientConfig out of sync");
+
+        for (k, v) in &table {
+            if k == "data_dir" {
+                continue; // depends on $HOME; the example spells it with ~
+            }
+            assert_eq!(example.get(k), Some(v), "default of `{k}` in the example");
+        }
+        // With its private-network line left out, the uncommented example is a valid file
+        // that yields the defaults (data_dir via ~).
+        let mut valid = example.clone();
+        valid.remove("network_key");
+        let layer = file(&valid.to_string()).unwrap();
+        let c = ClientConfig::resolve(&Layer::default(), Some(&layer), &home_env).unwrap();
+        assert_eq!(c, default);
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_itself() {
+        let cli = parse(&[
+            "--hops",
+            "1",
+            "--socks",
+            "[::1]:9999",
+            "--data-dir",
+            "/var/lib/x",
+            "--network-key",
+            "/k",
+            "--budget",
+            "0",
+            "--log-sensitive",
+        ])
+        .unwrap();
+        let c = ClientConfig::resolve(&cli.layer(), None, &home_env).unwrap();
+        let text = c.to_toml_string();
+        let back = Layer::from_toml(&text, Path::new("/elsewhere/c.toml")).unwrap();
+        let c2 = ClientConfig::resolve(&Layer::default(), Some(&back), &home_env).unwrap();
+        assert_eq!(c, c2);
+    }
+
+    #[test]
+    fn load_reads_given_and_default_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_dir = dir.path().join("onionvpn");
+        std::fs::create_dir(&cfg_dir).unwrap();
+        let default_file = cfg_dir.join("client.toml");
+        std::fs::write(&default_file, "hops = 2\ndata_dir = \"state\"").unwrap();
+        let xdg = dir.path().to_owned();
+        let env = move |k: &str| match k {
+            "XDG_CONFIG_HOME" => Some(xdg.clone().into_os_string()),
+            "HOME" => Some(OsString::from("/home/u")),
+            _ => None,
+        };
+
+        // No --config: the default file is read.
+        let c = parse(&[]).unwrap().load_with_env(&env).unwrap();
+        assert_eq!(c.hops, 2);
+        assert_eq!(c.data_dir, cfg_dir.join("state"));
+
+        // --config wins over the default file.
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "hops = 4").unwrap();
+        let cli = parse(&["--config", other.to_str().unwrap()]).unwrap();
+        assert_eq!(cli.load_with_env(&env).unwrap().hops, 4);
+
+        // A missing --config file is an error naming it; a missing default file is not.
+        let missing = dir.path().join("missing.toml");
+        let cli = parse(&["--config", missing.to_str().unwrap()]).unwrap();
+        let e = cli.load_with_env(&env).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { ref path, .. } if *path == missing));
+        assert!(e.to_string().contains("missing.toml"));
+        let c = parse(&[]).unwrap().load_with_env(&home_env).unwrap();
+        assert_eq!(c.hops, 3);
+    }
+}

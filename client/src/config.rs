@@ -136,6 +136,12 @@ pub enum ConfigError {
         /// Where.
         origin: Origin,
     },
+    /// A path starts with `~` but `$HOME` is not set (or not absolute).
+    #[error("key `{key}`: the path starts with ~ but $HOME is not set")]
+    NoHome {
+        /// The key whose path it is.
+        key: &'static str,
+    },
     /// No data directory given, and neither `$XDG_STATE_HOME` nor `$HOME` is set.
     #[error("no data directory: pass --data-dir, set data_dir in the config file, or set $XDG_STATE_HOME or $HOME")]
     NoDataDir,
@@ -215,7 +221,7 @@ impl Layer {
                     layer.data_dir = Some(
                         v.as_str()
                             .filter(|s| !s.is_empty())
-                            .map(|s| base.join(s))
+                            .map(|s| file_path(base, s))
                             .ok_or_else(|| invalid("data_dir", v))?,
                     )
                 }
@@ -247,7 +253,7 @@ impl Layer {
                     network_key = Some(
                         v.as_str()
                             .filter(|s| !s.is_empty())
-                            .map(|s| base.join(s))
+                            .map(|s| file_path(base, s))
                             .ok_or_else(|| invalid("network_key", v))?,
                     )
                 }
@@ -287,6 +293,30 @@ impl Layer {
             source,
         })?;
         Self::from_toml(&text, path)
+    }
+}
+
+/// A path written in a config file: `~/…` is kept for [`expand_home`], a relative path is
+/// anchored at the file's directory.
+fn file_path(base: &Path, s: &str) -> PathBuf {
+    if s == "~" || s.starts_with("~/") {
+        PathBuf::from(s)
+    } else {
+        base.join(s)
+    }
+}
+
+/// Replaces a leading `~` component with `$HOME`; other paths are returned unchanged.
+pub fn expand_home(
+    key: &'static str,
+    p: PathBuf,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<PathBuf, ConfigError> {
+    match p.strip_prefix("~") {
+        Ok(rest) => env_dir(env, "HOME")
+            .map(|h| h.join(rest))
+            .ok_or(ConfigError::NoHome { key }),
+        Err(_) => Ok(p),
     }
 }
 
@@ -364,7 +394,8 @@ pub fn default_config_path(env: &dyn Fn(&str) -> Option<OsString>) -> Option<Pat
 
 impl ClientConfig {
     /// Merges the command line over the file over the defaults. `env` looks up environment
-    /// variables (only for the default data directory); pass `&|k| std::env::var_os(k)`.
+    /// variables (for the default data directory and `~` in paths); pass
+    /// `&|k| std::env::var_os(k)`.
     pub fn resolve(
         cli: &Layer,
         file: Option<&Layer>,
@@ -378,16 +409,22 @@ impl ClientConfig {
             };
         }
         let data_dir = match pick!(data_dir) {
-            Some(d) => d,
+            Some(d) => expand_home("data_dir", d, env)?,
             None => default_data_dir(env).ok_or(ConfigError::NoDataDir)?,
+        };
+        let network = match pick!(network) {
+            Some(NetworkChoice::KeyFile(k)) => {
+                NetworkChoice::KeyFile(expand_home("network_key", k, env)?)
+            }
+            Some(public) => public,
+            None => NetworkChoice::Public(PUBLIC_NETWORK_NAME.to_owned()),
         };
         Ok(ClientConfig {
             hops: pick!(hops).unwrap_or(DEFAULT_HOPS),
             socks: pick!(socks).unwrap_or(DEFAULT_SOCKS),
             data_dir,
             bootstrap: pick!(bootstrap).unwrap_or_else(default_bootstrap),
-            network: pick!(network)
-                .unwrap_or_else(|| NetworkChoice::Public(PUBLIC_NETWORK_NAME.to_owned())),
+            network,
             price_cap: Prices {
                 msat_per_mib: pick!(max_price_mib).unwrap_or(DEFAULT_MAX_PRICE_MIB),
                 msat_per_min: pick!(max_price_min).unwrap_or(DEFAULT_MAX_PRICE_MIN),
@@ -511,6 +548,23 @@ mod tests {
         for n in default_bootstrap() {
             assert!(valid_bootstrap(&n), "{n}");
         }
+    }
+
+    #[test]
+    fn tilde_expands_to_home() {
+        let file = Layer::from_toml(
+            "data_dir = \"~/.local/state/onionvpn\"\nnetwork_key = \"~/net.key\"",
+            Path::new("/etc/onionvpn/client.toml"),
+        )
+        .unwrap();
+        let c = ClientConfig::resolve(&Layer::default(), Some(&file), &home_env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/home/u/.local/state/onionvpn"));
+        assert_eq!(
+            c.network,
+            NetworkChoice::KeyFile(PathBuf::from("/home/u/net.key"))
+        );
+        let e = ClientConfig::resolve(&Layer::default(), Some(&file), &no_env).unwrap_err();
+        assert!(matches!(e, ConfigError::NoHome { key: "data_dir" }), "{e}");
     }
 
     #[test]
