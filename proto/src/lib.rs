@@ -11,6 +11,7 @@
 
 pub mod cc;
 pub mod cell;
+pub mod circuit;
 pub mod consts;
 pub mod crypto;
 pub mod ext;

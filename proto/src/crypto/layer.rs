@@ -333,6 +333,17 @@ impl ClientCircuitCrypto {
         hop: usize,
         body: &mut [u8; CELL_BODY_LEN],
     ) -> Result<(), LayerError> {
+        self.encrypt_to_tagged(hop, body).map(|_| ())
+    }
+
+    /// As [`ClientCircuitCrypto::encrypt_to`], also returning `T` as `hop` will see it
+    /// (after wrapping with `hop`'s own layer, before the layers of earlier hops): SENDME
+    /// authentication needs it, since only that hop and the client know it.
+    pub fn encrypt_to_tagged(
+        &mut self,
+        hop: usize,
+        body: &mut [u8; CELL_BODY_LEN],
+    ) -> Result<[u8; RELAY_TAG_LEN], LayerError> {
         let n_hops = self.hops.len();
         let layers = self
             .hops
@@ -345,25 +356,40 @@ impl ClientCircuitCrypto {
             });
         }
         body[..RELAY_TAG_LEN].copy_from_slice(&RECOGNIZED);
+        let mut tag = [0u8; RELAY_TAG_LEN];
         for (i, (fwd, _)) in layers.iter_mut().enumerate().rev() {
             fwd.wrap(body).ok_or(LayerError::CounterExhausted {
                 hop: i,
                 direction: "forward",
             })?;
+            if i == hop {
+                tag.copy_from_slice(&body[..RELAY_TAG_LEN]);
+            }
         }
-        Ok(())
+        Ok(tag)
     }
 
     /// Peels backward layers `0, 1, …` in place until one recognizes the cell, and returns
     /// that (0-based) originating hop; the message is then in `body[16..]`.
     pub fn decrypt(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Result<usize, LayerError> {
+        self.decrypt_tagged(body).map(|(hop, _)| hop)
+    }
+
+    /// As [`ClientCircuitCrypto::decrypt`], also returning `T` as the originating hop sent
+    /// it (before peeling that hop's layer).
+    pub fn decrypt_tagged(
+        &mut self,
+        body: &mut [u8; CELL_BODY_LEN],
+    ) -> Result<(usize, [u8; RELAY_TAG_LEN]), LayerError> {
+        let mut tag = [0u8; RELAY_TAG_LEN];
         for (i, (_, bwd)) in self.hops.iter_mut().enumerate() {
+            tag.copy_from_slice(&body[..RELAY_TAG_LEN]);
             let recognized = bwd.peel(body).ok_or(LayerError::CounterExhausted {
                 hop: i,
                 direction: "backward",
             })?;
             if recognized {
-                return Ok(i);
+                return Ok((i, tag));
             }
         }
         Err(LayerError::Unrecognized {

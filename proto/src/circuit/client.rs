@@ -1,0 +1,586 @@
+//! The client's state machine for one circuit: building it hop by hop, opening streams
+//! at the last hop, and moving data under congestion control.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddrV4, SocketAddrV6};
+use std::time::Instant;
+
+use rand_core::CryptoRng;
+
+use crate::cc::{SendmeSchedule, Vegas, VegasParams};
+use crate::cell::{ChanCmd, Create, Created, HandshakeType};
+use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_BODY_MAX, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
+use crate::crypto::handshake::{client_handshake, ClientHandshake, OnionPublicKey};
+use crate::crypto::layer::ClientCircuitCrypto;
+use crate::ext::{CongestionControl, Extensions, PaymentOffer, PaymentTerms};
+use crate::relaymsg::{
+    encode_data, Begin, BeginFlags, ClientBound, EndReason, Extend, RelayMsg, Sendme, StreamId,
+    Target, Xon,
+};
+
+use super::streams::{Lookup, StreamTable};
+use super::{CircError, SendmeTag};
+
+/// Everything the client needs about one hop, taken from its verified descriptor.
+#[derive(Debug, Clone)]
+pub struct HopTarget {
+    /// The relay's ed25519 identity key.
+    pub identity: [u8; 32],
+    /// The relay's current onion key.
+    pub onion_key: OnionPublicKey,
+    /// The relay's link (Noise static) key.
+    pub link_key: [u8; 32],
+    /// Where the previous hop reaches it over IPv4.
+    pub ipv4: Option<SocketAddrV4>,
+    /// Where the previous hop reaches it over IPv6.
+    pub ipv6: Option<SocketAddrV6>,
+    /// The prices the client accepts for this hop (the descriptor's, within the cap).
+    pub offer: PaymentOffer,
+}
+
+/// Client-side settings of a circuit.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Congestion-control parameters for data the client sends.
+    pub vegas: VegasParams,
+    /// Cells between SENDMEs (both directions).
+    pub sendme_inc: u8,
+    /// Most streams open at once on this circuit.
+    pub max_streams: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            vegas: VegasParams::default(),
+            sendme_inc: crate::cc::DEFAULT_SENDME_INC,
+            max_streams: 1024,
+        }
+    }
+}
+
+/// A cell for the shell to send to hop 1, already encrypted.
+#[derive(Clone)]
+pub struct OutCell {
+    /// CREATE, RELAY or RELAY_EARLY.
+    pub cmd: ChanCmd,
+    /// The cell body.
+    pub body: [u8; CELL_BODY_LEN],
+}
+
+impl std::fmt::Debug for OutCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutCell").field("cmd", &self.cmd).finish()
+    }
+}
+
+/// What a cell from the circuit meant, for the shell.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent<'a> {
+    /// A hop completed its handshake; `terms` are what it will charge.
+    HopAdded {
+        /// 0-based hop index.
+        hop: usize,
+        /// The hop's payment terms, if it charges.
+        terms: Option<PaymentTerms>,
+        /// Whether every hop of the path is now built.
+        open: bool,
+    },
+    /// The exit connected a stream.
+    Connected {
+        /// The stream.
+        stream: StreamId,
+        /// The address it connected to, if it said.
+        addr: Option<IpAddr>,
+    },
+    /// Bytes for a stream.
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes, borrowed from the cell.
+        data: &'a [u8],
+    },
+    /// The exit will send no more data on this stream.
+    Fin {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The stream is closed.
+    End {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// The exit asks us to stop sending on a stream, or lets us resume.
+    FlowControl {
+        /// The stream.
+        stream: StreamId,
+        /// `true` after XOFF, `false` after XON.
+        paused: bool,
+    },
+    /// Nothing for the shell (padding, a SENDME, …).
+    None,
+}
+
+/// A cell waiting to be encrypted and sent.
+struct Queued {
+    hop: usize,
+    early_ok: bool,
+    /// Record the tag as the one the next SENDME must carry.
+    sendme_tracked: bool,
+    area: [u8; RELAY_PAYLOAD_LEN],
+}
+
+/// Where the build stands.
+enum Build {
+    /// Waiting for CREATED (hop 0) or EXTENDED (hop `hop`).
+    Waiting {
+        hop: usize,
+        pending: ClientHandshake,
+    },
+    /// All hops built.
+    Open,
+}
+
+/// The client's state machine for one circuit.
+pub struct ClientCircuit {
+    path: Vec<HopTarget>,
+    crypto: ClientCircuitCrypto,
+    terms: Vec<Option<PaymentTerms>>,
+    build: Build,
+    /// Handshakes for every hop, made up front from the caller's RNG (so a seeded RNG
+    /// makes the whole build deterministic); each is taken when its hop is extended to.
+    handshakes: Vec<Option<(ClientHandshake, Vec<u8>)>>,
+    /// RELAY_EARLY cells still to send (the first [`MAX_HOPS`] relay cells use it).
+    early_left: usize,
+    queue: VecDeque<Queued>,
+    streams: StreamTable,
+    next_stream: u16,
+    /// Congestion control of data toward the exit.
+    cc: Vegas,
+    /// Tags the exit's next SENDMEs must carry, oldest first.
+    expected_sendmes: VecDeque<SendmeTag>,
+    /// When to acknowledge data from the exit.
+    sendme_rx: SendmeSchedule,
+}
+
+impl std::fmt::Debug for ClientCircuit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCircuit")
+            .field("hops_built", &self.crypto.n_hops())
+            .field("path_len", &self.path.len())
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCircuit {
+    /// Starts building a circuit along `path` (hop 0 first) and returns the state machine
+    /// with the body of the CREATE cell to send to hop 0.
+    pub fn new<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+        path: Vec<HopTarget>,
+        config: ClientConfig,
+    ) -> Result<(ClientCircuit, [u8; CELL_BODY_LEN]), CircError> {
+        if path.is_empty() || path.len() > MAX_HOPS {
+            return Err(CircError::Protocol {
+                what: "a circuit has between 1 and MAX_HOPS hops",
+            });
+        }
+        let mut handshakes = Vec::with_capacity(path.len());
+        for (hop, target) in path.iter().enumerate() {
+            handshakes.push(Some(start_handshake(rng, target, &config, hop)?));
+        }
+        let (pending, hdata) = take_handshake(&mut handshakes, 0)?;
+        let mut body = [0u8; CELL_BODY_LEN];
+        Create {
+            htype: HandshakeType::Ntor3V1,
+            hdata: &hdata,
+        }
+        .encode_into(&mut body)?;
+        let circ = ClientCircuit {
+            terms: Vec::with_capacity(path.len()),
+            crypto: ClientCircuitCrypto::new(),
+            build: Build::Waiting { hop: 0, pending },
+            early_left: MAX_HOPS,
+            queue: VecDeque::new(),
+            streams: StreamTable::new(config.max_streams),
+            next_stream: 1,
+            cc: Vegas::new(config.vegas.clone()),
+            expected_sendmes: VecDeque::new(),
+            sendme_rx: SendmeSchedule::new(config.sendme_inc),
+            handshakes,
+            path,
+        };
+        Ok((circ, body))
+    }
+
+    /// Whether every hop is built.
+    pub fn is_open(&self) -> bool {
+        matches!(self.build, Build::Open)
+    }
+
+    /// Hops built so far.
+    pub fn hops_built(&self) -> usize {
+        self.crypto.n_hops()
+    }
+
+    /// The payment terms each built hop announced.
+    pub fn terms(&self) -> &[Option<PaymentTerms>] {
+        &self.terms
+    }
+
+    /// The congestion-control state of data toward the exit.
+    pub fn cc(&self) -> &Vegas {
+        &self.cc
+    }
+
+    /// Number of open streams.
+    pub fn n_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Handles hop 0's CREATED cell.
+    pub fn handle_created(
+        &mut self,
+        body: &[u8; CELL_BODY_LEN],
+    ) -> Result<ClientEvent<'static>, CircError> {
+        let created = Created::parse(body)?;
+        self.finish_hop(0, created.hdata)
+    }
+
+    /// Handles a RELAY cell from hop 0, decrypting it in place.
+    pub fn handle_relay<'a>(
+        &mut self,
+        body: &'a mut [u8; CELL_BODY_LEN],
+        now: Instant,
+    ) -> Result<ClientEvent<'a>, CircError> {
+        let (hop, tag) = self.crypto.decrypt_tagged(body)?;
+        let area = super::area_of(body);
+        let msg = RelayMsg::decode(area).map_err(|source| CircError::Msg { hop, source })?;
+        let msg = ClientBound::try_from(msg).map_err(|source| CircError::Msg { hop, source })?;
+        let last = self.crypto.n_hops() - 1;
+        if !matches!(msg, ClientBound::Extended(_) | ClientBound::Drop(_)) && hop != last {
+            return Err(CircError::Protocol {
+                what: "stream or flow message from a hop other than the last",
+            });
+        }
+        match msg {
+            ClientBound::Extended(ext) => {
+                if hop != last {
+                    return Err(CircError::Protocol {
+                        what: "EXTENDED from a hop other than the last",
+                    });
+                }
+                self.finish_hop(hop + 1, ext.hdata)
+            }
+            ClientBound::Drop(_) => Ok(ClientEvent::None),
+            ClientBound::Sendme(Sendme { tag: got }) => {
+                match self.expected_sendmes.pop_front() {
+                    Some(want) if super::tags_equal(&want, &got) => {}
+                    _ => {
+                        return Err(CircError::Protocol {
+                            what: "SENDME with a tag of no cell we sent",
+                        })
+                    }
+                }
+                self.cc.on_sendme(now)?;
+                Ok(ClientEvent::None)
+            }
+            ClientBound::Data(stream, data) => {
+                if self.sendme_rx.on_data_received() {
+                    self.queue_circuit_msg(&RelayMsg::Sendme(Sendme { tag }))?;
+                }
+                match self.streams.lookup(stream)? {
+                    Lookup::RecentlyEnded => Ok(ClientEvent::None),
+                    Lookup::Open => {
+                        let s = self.streams.get(stream)?;
+                        if s.peer_fin || !s.connected {
+                            return Err(CircError::Protocol {
+                                what: "DATA before CONNECTED or after FIN",
+                            });
+                        }
+                        Ok(ClientEvent::Data { stream, data })
+                    }
+                }
+            }
+            ClientBound::Connected(stream, c) => match self.streams.lookup(stream)? {
+                Lookup::RecentlyEnded => Ok(ClientEvent::None),
+                Lookup::Open => {
+                    let s = self.streams.get_mut(stream)?;
+                    if s.connected {
+                        return Err(CircError::Protocol {
+                            what: "CONNECTED twice on one stream",
+                        });
+                    }
+                    s.connected = true;
+                    Ok(ClientEvent::Connected {
+                        stream,
+                        addr: c.addr,
+                    })
+                }
+            },
+            ClientBound::Fin(stream) => match self.streams.lookup(stream)? {
+                Lookup::RecentlyEnded => Ok(ClientEvent::None),
+                Lookup::Open => {
+                    self.streams.peer_fin(stream)?;
+                    Ok(ClientEvent::Fin { stream })
+                }
+            },
+            ClientBound::End(stream, reason) => match self.streams.lookup(stream)? {
+                Lookup::RecentlyEnded => Ok(ClientEvent::None),
+                Lookup::Open => {
+                    self.streams.end(stream);
+                    Ok(ClientEvent::End { stream, reason })
+                }
+            },
+            ClientBound::Xoff(stream) | ClientBound::Xon(stream, _) => {
+                let paused = matches!(msg, ClientBound::Xoff(_));
+                match self.streams.lookup(stream)? {
+                    Lookup::RecentlyEnded => Ok(ClientEvent::None),
+                    Lookup::Open => {
+                        self.streams.get_mut(stream)?.peer_xoff = paused;
+                        Ok(ClientEvent::FlowControl { stream, paused })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a stream to `target` at the last hop. Data may be sent once the exit
+    /// answers CONNECTED ([`ClientEvent::Connected`]).
+    pub fn begin_stream(&mut self, target: Target) -> Result<StreamId, CircError> {
+        self.require_open()?;
+        let id = self.streams.allocate(&mut self.next_stream)?;
+        let begin = RelayMsg::Begin(
+            id,
+            Begin {
+                target,
+                flags: BeginFlags(BeginFlags::IPV6_OK),
+            },
+        );
+        self.queue_msg(self.last_hop(), &begin, false)?;
+        Ok(id)
+    }
+
+    /// Whether congestion control and the stream's flow control let `stream` send now.
+    pub fn can_send(&self, stream: StreamId) -> bool {
+        self.cc.can_send()
+            && self
+                .streams
+                .get(stream)
+                .is_ok_and(|s| !s.peer_xoff && !s.local_fin && s.connected)
+    }
+
+    /// Queues up to one cell of `data` on `stream`; returns how many bytes it took
+    /// (0 when congestion or flow control says wait).
+    pub fn send_data(
+        &mut self,
+        stream: StreamId,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<usize, CircError> {
+        self.require_open()?;
+        if self.streams.get(stream)?.local_fin {
+            return Err(CircError::Protocol {
+                what: "DATA after our own FIN",
+            });
+        }
+        if !self.can_send(stream) || data.is_empty() {
+            return Ok(0);
+        }
+        let n = data.len().min(RELAY_BODY_MAX);
+        let mut area = [0u8; RELAY_PAYLOAD_LEN];
+        encode_data(&mut area, stream, &data[..n]).map_err(|source| CircError::Msg {
+            hop: self.last_hop(),
+            source,
+        })?;
+        let tracked = self.cc.on_data_sent(now);
+        self.push(self.last_hop(), area, false, tracked);
+        Ok(n)
+    }
+
+    /// Half-closes `stream`: we send no more data on it.
+    pub fn send_fin(&mut self, stream: StreamId) -> Result<(), CircError> {
+        self.streams.local_fin(stream)?;
+        self.queue_msg(self.last_hop(), &RelayMsg::Fin(stream), false)
+    }
+
+    /// Closes `stream` in both directions.
+    pub fn send_end(&mut self, stream: StreamId, reason: EndReason) -> Result<(), CircError> {
+        if self.streams.contains(stream) {
+            self.streams.end(stream);
+            self.queue_msg(self.last_hop(), &RelayMsg::End(stream, reason), false)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the exit to stop (`paused`) or resume sending on `stream`.
+    pub fn send_flow_control(&mut self, stream: StreamId, paused: bool) -> Result<(), CircError> {
+        self.streams.get(stream)?;
+        let msg = if paused {
+            RelayMsg::Xoff(stream)
+        } else {
+            RelayMsg::Xon(stream, Xon { kib_per_sec: None })
+        };
+        self.queue_msg(self.last_hop(), &msg, false)
+    }
+
+    /// Sends an opaque PAYMENT message to `hop` (the payments layer defines its body).
+    pub fn send_payment_msg(&mut self, hop: usize, body: &[u8]) -> Result<(), CircError> {
+        if hop >= self.crypto.n_hops() {
+            return Err(CircError::Protocol {
+                what: "PAYMENT to a hop not built",
+            });
+        }
+        self.queue_msg(hop, &RelayMsg::Payment(body), false)
+    }
+
+    /// Whether cells are waiting for [`ClientCircuit::poll_cell`].
+    pub fn has_output(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Takes the next cell to send to hop 0, encrypting it now (see the module docs on
+    /// ordering). `None` when nothing is queued.
+    pub fn poll_cell(&mut self) -> Result<Option<OutCell>, CircError> {
+        let Some(q) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        let mut body = [0u8; CELL_BODY_LEN];
+        body[RELAY_TAG_LEN..].copy_from_slice(&q.area);
+        let tag = self.crypto.encrypt_to_tagged(q.hop, &mut body)?;
+        if q.sendme_tracked {
+            self.expected_sendmes.push_back(tag);
+        }
+        let cmd = if self.early_left > 0 {
+            self.early_left -= 1;
+            ChanCmd::RelayEarly
+        } else if q.early_ok {
+            return Err(CircError::TooManyEarly { max: MAX_HOPS });
+        } else {
+            ChanCmd::Relay
+        };
+        Ok(Some(OutCell { cmd, body }))
+    }
+
+    fn last_hop(&self) -> usize {
+        self.crypto.n_hops().saturating_sub(1)
+    }
+
+    fn require_open(&self) -> Result<(), CircError> {
+        if self.is_open() {
+            Ok(())
+        } else {
+            Err(CircError::Protocol {
+                what: "stream operation on a circuit still being built",
+            })
+        }
+    }
+
+    /// Completes the handshake with `hop` and, if the path goes on, queues EXTEND.
+    fn finish_hop(&mut self, hop: usize, reply: &[u8]) -> Result<ClientEvent<'static>, CircError> {
+        let pending = match std::mem::replace(&mut self.build, Build::Open) {
+            Build::Waiting { hop: h, pending } if h == hop => pending,
+            other => {
+                self.build = other;
+                return Err(CircError::Protocol {
+                    what: "CREATED or EXTENDED without a handshake in progress",
+                });
+            }
+        };
+        let (ext_s, keys) = pending
+            .finish(reply)
+            .map_err(|source| CircError::Handshake { hop, source })?;
+        let ext = Extensions::parse(&ext_s).map_err(|source| CircError::Ext { hop, source })?;
+        let terms = ext.payment_terms();
+        if let Some(t) = &terms {
+            let offer = &self.path[hop].offer;
+            if t.msat_per_mib > offer.msat_per_mib || t.msat_per_min > offer.msat_per_min {
+                return Err(CircError::PriceAboveOffer {
+                    hop,
+                    asked_msat_per_mib: t.msat_per_mib,
+                    asked_msat_per_min: t.msat_per_min,
+                });
+            }
+        }
+        self.crypto.add_hop(&keys)?;
+        self.terms.push(terms);
+        let open = hop + 1 == self.path.len();
+        if !open {
+            self.extend_to(hop + 1)?;
+        }
+        Ok(ClientEvent::HopAdded { hop, terms, open })
+    }
+
+    /// Queues EXTEND toward `hop` (sent to hop `hop - 1`, in a RELAY_EARLY cell).
+    fn extend_to(&mut self, hop: usize) -> Result<(), CircError> {
+        let (pending, hdata) = take_handshake(&mut self.handshakes, hop)?;
+        let target = &self.path[hop];
+        let msg = RelayMsg::Extend(Extend {
+            ipv4: target.ipv4,
+            ipv6: target.ipv6,
+            identity: target.identity,
+            link_key: target.link_key,
+            htype: HandshakeType::Ntor3V1,
+            hdata: &hdata,
+        });
+        let mut area = [0u8; RELAY_PAYLOAD_LEN];
+        msg.encode_into(&mut area)
+            .map_err(|source| CircError::Msg { hop, source })?;
+        self.push(hop - 1, area, true, false);
+        self.build = Build::Waiting { hop, pending };
+        Ok(())
+    }
+
+    fn queue_circuit_msg(&mut self, msg: &RelayMsg<'_>) -> Result<(), CircError> {
+        self.queue_msg(self.last_hop(), msg, false)
+    }
+
+    fn queue_msg(&mut self, hop: usize, msg: &RelayMsg<'_>, early: bool) -> Result<(), CircError> {
+        let mut area = [0u8; RELAY_PAYLOAD_LEN];
+        msg.encode_into(&mut area)
+            .map_err(|source| CircError::Msg { hop, source })?;
+        self.push(hop, area, early, false);
+        Ok(())
+    }
+
+    fn push(&mut self, hop: usize, area: [u8; RELAY_PAYLOAD_LEN], early: bool, tracked: bool) {
+        self.queue.push_back(Queued {
+            hop,
+            early_ok: early,
+            sendme_tracked: tracked,
+            area,
+        });
+    }
+}
+
+/// Starts the handshake with one hop, offering its prices and our SENDME increment.
+fn start_handshake<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    target: &HopTarget,
+    config: &ClientConfig,
+    hop: usize,
+) -> Result<(ClientHandshake, Vec<u8>), CircError> {
+    let mut ext = Extensions::new();
+    ext.set_payment_offer(Some(target.offer))
+        .set_congestion_control(Some(CongestionControl {
+            sendme_inc: config.sendme_inc,
+        }));
+    client_handshake(rng, &target.identity, &target.onion_key, &ext.encode())
+        .map_err(|source| CircError::Handshake { hop, source })
+}
+
+fn take_handshake(
+    handshakes: &mut [Option<(ClientHandshake, Vec<u8>)>],
+    hop: usize,
+) -> Result<(ClientHandshake, Vec<u8>), CircError> {
+    handshakes
+        .get_mut(hop)
+        .and_then(Option::take)
+        .ok_or(CircError::Protocol {
+            what: "a hop's handshake was already used",
+        })
+}
