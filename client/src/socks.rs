@@ -355,6 +355,8 @@ pub struct SocksHandshake {
     /// Reply bytes not yet taken by the shell.
     out: Vec<u8>,
     isolation: IsolationKey,
+    /// Bytes consumed over all calls to `feed`.
+    consumed: usize,
 }
 
 impl fmt::Debug for SocksHandshake {
@@ -363,6 +365,7 @@ impl fmt::Debug for SocksHandshake {
             .field("stage", &self.stage)
             .field("buffered", &self.buf.len())
             .field("pending_output", &self.out.len())
+            .field("consumed", &self.consumed)
             .finish_non_exhaustive()
     }
 }
@@ -381,7 +384,14 @@ impl SocksHandshake {
             buf: Vec::with_capacity(MAX_BUFFERED),
             out: Vec::new(),
             isolation: IsolationKey::no_auth(),
+            consumed: 0,
         }
+    }
+
+    /// Bytes consumed over all calls to [`SocksHandshake::feed`], including those of a
+    /// message that failed.
+    pub fn total_consumed(&self) -> usize {
+        self.consumed
     }
 
     /// Where the handshake is.
@@ -426,6 +436,7 @@ impl SocksHandshake {
                     let take = (n - self.buf.len()).min(rest.len());
                     self.buf.extend_from_slice(&rest[..take]);
                     consumed += take;
+                    self.consumed += take;
                 }
                 Frame::Complete => {
                     let done = match self.process() {
