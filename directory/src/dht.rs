@@ -297,6 +297,8 @@ pub struct DiscoveryReport {
     pub via_dht: usize,
     /// Time from start until the set first held `first_circuit_relays` relays.
     pub time_to_first: Option<Duration>,
+    /// Time until the address pass (get_peers rounds, fetches and PEX) ended.
+    pub address_pass: Duration,
     /// Total time.
     pub elapsed: Duration,
 }
@@ -379,6 +381,7 @@ pub async fn discover<B: DhtBackend, F: DescriptorFetcher + Clone + 'static>(
         }
     }
     rep.addresses = seen.len();
+    rep.address_pass = start.elapsed();
     if cfg.refresh_from_dht {
         let keys: Vec<IdentityKey> = relays.iter().map(|d| d.identity()).collect();
         let missed = refresh_pass(
