@@ -1,1 +1,353 @@
-//! stub
+//! Command line: `onionvpn-relay [--config FILE] [--data-dir DIR] [run]` and
+//! `onionvpn-relay init [--data-dir DIR]`.
+//!
+//! This module resolves paths, loads the configuration and the keys; the binary's `main`
+//! parses [`Cli`], calls [`init`] or [`prepare_run`], and hands a [`RunSetup`] to the runtime.
+//!
+//! Where things are:
+//! - data directory: `--data-dir`, else the config's `data_dir`, else `$STATE_DIRECTORY`
+//!   (systemd `StateDirectory=`), else `$XDG_DATA_HOME/onionvpn-relay`, else
+//!   `$HOME/.local/share/onionvpn-relay`;
+//! - config file: `--config`, else `<data dir>/relay.toml`.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use onionvpn_directory::descriptor::IdentityKey;
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError, CONFIG_FILE_NAME, EXAMPLE_CONFIG};
+use crate::keys::{KeyError, KeyStore, RotationPolicy};
+
+/// Directory name used under `$XDG_DATA_HOME` or `~/.local/share`.
+pub const APP_DIR_NAME: &str = "onionvpn-relay";
+
+/// Command-line arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "onionvpn-relay",
+    version,
+    about = "onionvpn relay: carries onion circuits for paying clients"
+)]
+pub struct Cli {
+    /// Config file [default: <data dir>/relay.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (keys, ledger, caches) [default: config's data_dir, $STATE_DIRECTORY,
+    /// $XDG_DATA_HOME/onionvpn-relay or ~/.local/share/onionvpn-relay]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Create the keys and a commented config file (what already exists is kept).
+    Init,
+    /// Run the relay (the default).
+    Run,
+}
+
+impl Cli {
+    /// The subcommand, `run` when none was given.
+    pub fn action(&self) -> Command {
+        self.command.unwrap_or(Command::Run)
+    }
+}
+
+/// The environment variables that locate the default data directory (read once, passed in so
+/// tests need not touch the process environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env {
+    /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; the first entry if several).
+    pub state_directory: Option<PathBuf>,
+    /// `$XDG_DATA_HOME`.
+    pub xdg_data_home: Option<PathBuf>,
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
+}
+
+impl Env {
+    /// Reads the variables from the process environment.
+    pub fn from_process() -> Self {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .map(PathBuf::from)
+                .filter(|p| !p.as_os_str().is_empty())
+        };
+        Self {
+            state_directory: std::env::var_os("STATE_DIRECTORY").and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            }),
+            xdg_data_home: var("XDG_DATA_HOME"),
+            home: var("HOME"),
+        }
+    }
+
+    /// The default data directory. Relative values are ignored (as the XDG spec requires).
+    pub fn default_data_dir(&self) -> Option<PathBuf> {
+        let abs = |p: &Option<PathBuf>| p.clone().filter(|p| p.is_absolute());
+        abs(&self.state_directory)
+            .or_else(|| abs(&self.xdg_data_home).map(|d| d.join(APP_DIR_NAME)))
+            .or_else(|| abs(&self.home).map(|h| h.join(".local").join("share").join(APP_DIR_NAME)))
+    }
+}
+
+/// Errors of the command line.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The configuration could not be loaded or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// No data directory was given and none could be derived from the environment.
+    #[error("no data directory: pass --data-dir, set data_dir in the config, or set HOME")]
+    NoDataDir,
+    /// `run` found no config file.
+    #[error("no config file at {}: run `onionvpn-relay init` first, or pass --config", path.display())]
+    NoConfig {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// `init` could not write the config file.
+    #[error("{}: cannot write config: {source}", path.display())]
+    WriteConfig {
+        /// Config file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    /// The data directory used.
+    pub data_dir: PathBuf,
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Whether the config file was written (false: it existed and was kept).
+    pub config_written: bool,
+    /// Key files created (empty: all existed).
+    pub keys_created: Vec<PathBuf>,
+    /// The relay's identity.
+    pub identity: IdentityKey,
+}
+
+impl fmt::Display for InitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "data directory: {}", self.data_dir.display())?;
+        if self.keys_created.is_empty() {
+            writeln!(f, "keys:           existing keys kept")?;
+        } else {
+            for k in &self.keys_created {
+                writeln!(f, "created key:    {}", k.display())?;
+            }
+        }
+        let verb = if self.config_written {
+            "written"
+        } else {
+            "existing, kept"
+        };
+        writeln!(f, "config:         {} ({verb})", self.config_path.display())?;
+        writeln!(f, "identity:       {}", self.identity)?;
+        writeln!(
+            f,
+            "next: set advertised_addresses in the config, back up {}, then run `onionvpn-relay{}`",
+            self.data_dir.join(crate::keys::KEYS_DIR).display(),
+            if self.config_path == self.data_dir.join(CONFIG_FILE_NAME) {
+                format!(" --data-dir {}", self.data_dir.display())
+            } else {
+                format!(" --config {}", self.config_path.display())
+            }
+        )
+    }
+}
+
+/// Everything the runtime needs to start.
+#[derive(Debug)]
+pub struct RunSetup {
+    /// The validated configuration.
+    pub config: Config,
+    /// Where it was read from.
+    pub config_path: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The relay's keys (onion key rotated if it was due).
+    pub keys: KeyStore,
+}
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn resolve_data_dir(cli: &Cli, config: Option<&Config>, env: &Env) -> Result<PathBuf, CliError> {
+    if let Some(d) = &cli.data_dir {
+        return Ok(d.clone());
+    }
+    if let Some(c) = config {
+        if !c.data_dir.as_os_str().is_empty() {
+            return Ok(c.data_dir.clone());
+        }
+    }
+    env.default_data_dir().ok_or(CliError::NoDataDir)
+}
+
+/// `onionvpn-relay init`: creates the data directory, the keys and a commented config file
+/// (the example config, with `data_dir` filled in when `--data-dir` was given). Keeps what
+/// exists; running it twice changes nothing.
+pub fn init(cli: &Cli, env: &Env, now: u64) -> Result<InitReport, CliError> {
+    // An existing config given with --config may name the data directory and key policy.
+    let existing = match &cli.config {
+        Some(p) if p.exists() => Some(Config::load(p)?),
+        _ => None,
+    };
+    let data_dir = resolve_data_dir(cli, existing.as_ref(), env)?;
+    let policy = existing
+        .as_ref()
+        .map_or_else(RotationPolicy::default, |c| c.keys.rotation_policy());
+    let keys = KeyStore::load_or_create_with(&data_dir, policy, now)?;
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| data_dir.join(CONFIG_FILE_NAME));
+    let config_written = if config_path.exists() {
+        // Check it: init should not leave a broken config behind unnoticed.
+        Config::load(&config_path)?;
+        false
+    } else {
+        let text = config_text(cli.data_dir.as_deref());
+        write_new_file(&config_path, text.as_bytes())?;
+        true
+    };
+    Ok(InitReport {
+        data_dir,
+        config_path,
+        config_written,
+        keys_created: keys.changes().created.clone(),
+        identity: keys.identity_public(),
+    })
+}
+
+/// The config text `init` writes: the example, with `data_dir` set when one was given.
+pub fn config_text(data_dir: Option<&Path>) -> String {
+    match data_dir {
+        Some(d) => {
+            // Absolute so that the config works from any working directory.
+            let abs = std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf());
+            let value = toml::Value::String(abs.to_string_lossy().into_owned());
+            EXAMPLE_CONFIG.replacen("\ndata_dir = \"\"\n", &format!("\ndata_dir = {value}\n"), 1)
+        }
+        None => EXAMPLE_CONFIG.to_owned(),
+    }
+}
+
+fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let err = |source| CliError::WriteConfig {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// `onionvpn-relay [run]`: loads and checks the config (including the advertised addresses,
+/// the exit policy and the network), turns log redaction on or off, and loads the keys
+/// (creating missing ones, rotating the onion key if due).
+pub fn prepare_run(cli: &Cli, env: &Env, now: u64) -> Result<RunSetup, CliError> {
+    let config_path = match &cli.config {
+        Some(p) => p.clone(),
+        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
+    };
+    if !config_path.exists() {
+        return Err(CliError::NoConfig { path: config_path });
+    }
+    let config = Config::load(&config_path)?;
+    config.advertised()?;
+    config.exit_policy()?;
+    config.network()?;
+    crate::redact::set_log_sensitive(config.logging.log_sensitive);
+    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
+    let keys = KeyStore::load_or_create_with(&data_dir, config.keys.rotation_policy(), now)?;
+    Ok(RunSetup {
+        config,
+        config_path,
+        data_dir,
+        keys,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        <Cli as CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let c = Cli::try_parse_from(["onionvpn-relay"]).unwrap();
+        assert_eq!(c.action(), Command::Run);
+        let c = Cli::try_parse_from(["onionvpn-relay", "--config", "r.toml", "run"]).unwrap();
+        assert_eq!(c.config, Some(PathBuf::from("r.toml")));
+        assert_eq!(c.action(), Command::Run);
+        let c = Cli::try_parse_from(["onionvpn-relay", "init", "--data-dir", "/d"]).unwrap();
+        assert_eq!(c.action(), Command::Init);
+        assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
+        let c = Cli::try_parse_from(["onionvpn-relay", "--data-dir", "/d", "init"]).unwrap();
+        assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
+        assert!(Cli::try_parse_from(["onionvpn-relay", "status"]).is_err());
+        assert!(Cli::try_parse_from(["onionvpn-relay", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn default_data_dir_order() {
+        let mut env = Env {
+            state_directory: Some("/var/lib/onionvpn-relay".into()),
+            xdg_data_home: Some("/x".into()),
+            home: Some("/h".into()),
+        };
+        assert_eq!(
+            env.default_data_dir(),
+            Some(PathBuf::from("/var/lib/onionvpn-relay"))
+        );
+        env.state_directory = None;
+        assert_eq!(
+            env.default_data_dir(),
+            Some(PathBuf::from("/x/onionvpn-relay"))
+        );
+        env.xdg_data_home = Some("relative".into());
+        assert_eq!(
+            env.default_data_dir(),
+            Some(PathBuf::from("/h/.local/share/onionvpn-relay"))
+        );
+        env.home = None;
+        assert_eq!(env.default_data_dir(), None);
+    }
+}
