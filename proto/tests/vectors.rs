@@ -47,6 +47,7 @@ struct SingleLayer {
     k: String,
     u: String,
     counter: u64,
+    prev: String,
     input: String,
     wrapped: String,
 }
@@ -67,7 +68,7 @@ fn relay_crypto_vectors() {
     }
     let mut relays: Vec<RelayCircuitCrypto> =
         keys.iter().map(RelayCircuitCrypto::from_keys).collect();
-    assert!(v.cells.len() >= 8);
+    assert!(v.cells.len() >= 16);
     for (i, cell) in v.cells.iter().enumerate() {
         let msg = unhex(&cell.message);
         let mut body = [0u8; CELL_BODY_LEN];
@@ -107,12 +108,29 @@ fn relay_crypto_vectors() {
         }
     }
 
+    // both ends of every layer end with the same chain value
+    for (i, relay) in relays.iter_mut().enumerate() {
+        let (cf, cb) = client.layers_mut_for_tests(i).unwrap();
+        let (cf, cb) = (*cf.chain(), *cb.chain());
+        let (rf, rb) = relay.layers_mut_for_tests();
+        assert_eq!(&cf, rf.chain(), "hop {i} forward chain");
+        assert_eq!(&cb, rb.chain(), "hop {i} backward chain");
+    }
+
     let s = &v.single_layer;
+    let input: [u8; CELL_BODY_LEN] = arr(&s.input);
     let mut layer = LayerState::new(&arr(&s.k), &arr(&s.u));
     layer.set_counter_for_tests(s.counter);
-    let mut body: [u8; CELL_BODY_LEN] = arr(&s.input);
+    layer.set_chain_for_tests(&arr(&s.prev));
+    let mut body = input;
     layer.wrap(&mut body).unwrap();
     assert_eq!(body[..], unhex(&s.wrapped)[..]);
+    assert_eq!(layer.chain()[..], input[..RELAY_TAG_LEN]);
+    let mut peer = LayerState::new(&arr(&s.k), &arr(&s.u));
+    peer.set_counter_for_tests(s.counter);
+    peer.set_chain_for_tests(&arr(&s.prev));
+    assert_eq!(peer.peel(&mut body), Some(false));
+    assert_eq!(body, input);
 }
 
 #[derive(Deserialize)]

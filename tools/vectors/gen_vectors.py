@@ -41,8 +41,13 @@ def det(label: str, n: int) -> bytes:
 
 # ---------------------------------------------------------------- relay crypto
 
-def nonce(n: int) -> bytes:
-    return bytes(4) + struct.pack(">Q", n)
+NONCE_CHAIN_LEN = 4
+
+
+def nonce(n: int, prev: bytes) -> bytes:
+    """N = prev[0..4] || n (8 bytes big-endian)."""
+    assert len(prev) == TAG_LEN
+    return prev[:NONCE_CHAIN_LEN] + struct.pack(">Q", n)
 
 
 def ecb_enc(key: bytes, block: bytes) -> bytes:
@@ -59,41 +64,44 @@ def xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b))
 
 
-def gcm_encrypt(k: bytes, n: int, plaintext: bytes):
-    """(ciphertext, tag over the ciphertext): standard AES-256-GCM, empty AAD."""
-    out = AESGCM(k).encrypt(nonce(n), plaintext, None)
+def gcm_encrypt(k: bytes, nonce12: bytes, aad: bytes, plaintext: bytes):
+    """(ciphertext, tag over aad and the ciphertext): standard AES-256-GCM."""
+    out = AESGCM(k).encrypt(nonce12, plaintext, aad)
     return out[:-16], out[-16:]
 
 
-def gcm_decrypt_unverified(k: bytes, n: int, ciphertext: bytes):
-    """(plaintext, tag over the ciphertext) without verifying anything.
+def gcm_decrypt_unverified(k: bytes, nonce12: bytes, aad: bytes, ciphertext: bytes):
+    """(plaintext, tag over aad and the ciphertext) without verifying anything.
 
-    The tag is obtained by re-encrypting the recovered plaintext (GCM's CTR part is an
-    involution and the tag depends only on the ciphertext), the CTR part with AES-CTR
-    starting at J0 + 1 = nonce || 00000002.
+    The CTR part is AES-CTR starting at J0 + 1 = nonce || 00000002; the tag is obtained by
+    re-encrypting the recovered plaintext (the tag depends only on aad and the ciphertext).
     """
-    ctr = Cipher(algorithms.AES(k), modes.CTR(nonce(n) + b"\x00\x00\x00\x02")).encryptor()
+    ctr = Cipher(algorithms.AES(k), modes.CTR(nonce12 + b"\x00\x00\x00\x02")).encryptor()
     plaintext = ctr.update(ciphertext) + ctr.finalize()
-    ct2, tag = gcm_encrypt(k, n, plaintext)
+    ct2, tag = gcm_encrypt(k, nonce12, aad, plaintext)
     assert ct2 == ciphertext
     return plaintext, tag
 
 
 class Layer:
+    """One layer: keys K, U; counter n; chain value prev (T' of the previous cell, R at first)."""
+
     def __init__(self, k: bytes, u: bytes):
-        self.k, self.u, self.n = k, u, 0
+        self.k, self.u, self.n, self.prev = k, u, 0, R
 
     def wrap(self, body: bytes) -> bytes:
         t_in, c_in = body[:TAG_LEN], body[TAG_LEN:]
-        c, t = gcm_encrypt(self.k, self.n, c_in)
+        c, t = gcm_encrypt(self.k, nonce(self.n, self.prev), self.prev, c_in)
         self.n += 1
+        self.prev = t_in
         return ecb_enc(self.u, xor(t_in, t)) + c
 
     def peel(self, body: bytes):
         t_in, c_in = body[:TAG_LEN], body[TAG_LEN:]
-        c, t = gcm_decrypt_unverified(self.k, self.n, c_in)
+        c, t = gcm_decrypt_unverified(self.k, nonce(self.n, self.prev), self.prev, c_in)
         self.n += 1
         t_out = xor(ecb_dec(self.u, t_in), t)
+        self.prev = t_out
         return t_out + c, t_out == R
 
 
@@ -110,9 +118,11 @@ def relay_vectors():
     r_bwd = [Layer(h[64:96], h[96:128]) for h in hops]
     cells = []
     # a schedule with counters advancing unevenly across layers
+    # (every layer's chain value changes along the way; cells to a hop leave its chain at R)
     schedule = [("forward", 2), ("forward", 0), ("backward", 2), ("forward", 1),
                 ("backward", 0), ("backward", 1), ("forward", 2), ("backward", 2),
-                ("forward", 2), ("backward", 1)]
+                ("forward", 2), ("backward", 1), ("forward", 1), ("forward", 1),
+                ("backward", 2), ("backward", 2), ("forward", 0), ("forward", 2)]
     for idx, (direction, hop) in enumerate(schedule):
         msg = det(f"message-{idx}", CELL_BODY_LEN - TAG_LEN)
         hops_seen = []
@@ -157,20 +167,30 @@ def relay_vectors():
             # backward: body after the originating relay's wrap, then each earlier relay's.
             "per_hop": hops_seen,
         })
-    # a single-layer check with a non-zero start counter, exercising N(n) byte order
+    # relay and client layers end in the same state (counter, chain)
+    for a, b in zip(c_fwd + c_bwd, r_fwd + r_bwd):
+        assert (a.n, a.prev) == (b.n, b.prev)
+    # a single-layer check with a non-zero start counter and chain value, exercising the
+    # byte order of N = prev[0..4] || n and prev as associated data
     k, u = det("single-k", 32), det("single-u", 32)
     single = Layer(k, u)
     single.n = 0x0102030405060708
+    single.prev = det("single-prev", 16)
+    prev_before = single.prev
     t_prime = det("single-t", 16)
     c_prime = det("single-c", CELL_BODY_LEN - TAG_LEN)
     wrapped = single.wrap(t_prime + c_prime)
+    assert single.prev == t_prime
+    check = Layer(k, u)
+    check.n, check.prev = 0x0102030405060708, prev_before
+    assert check.peel(wrapped) == (t_prime + c_prime, False)
     return {
         "description": "onionvpn relay crypto (docs/spec/crypto.md); generated by tools/vectors/gen_vectors.py",
         "cell_body_len": CELL_BODY_LEN,
         "hops": [h.hex() for h in hops],
         "cells": cells,
         "single_layer": {
-            "k": k.hex(), "u": u.hex(), "counter": single.n - 1,
+            "k": k.hex(), "u": u.hex(), "counter": single.n - 1, "prev": prev_before.hex(),
             "input": (t_prime + c_prime).hex(), "wrapped": wrapped.hex(),
         },
     }

@@ -1,18 +1,26 @@
 //! Layered relay crypto: one layer per hop and direction (docs/spec.md, "Relay crypto").
 //!
 //! A RELAY cell body is `T (16) || C (491)`. Every hop and direction has a [`LayerState`]
-//! with an AES-256-GCM key `K`, an AES-256 key `U` for the tag permutation `E_U`, and a
-//! cell counter `n` that forms the GCM nonce `N(n) = 0u32 || n (u64 BE)`:
+//! with an AES-256-GCM key `K`, an AES-256 key `U` for the tag permutation `E_U`, a cell
+//! counter `n`, and the chain value `prev` (16 bytes, initially `R = 0^16`): the inner tag
+//! `T'` of the previous cell this layer processed. The GCM nonce of a cell is
+//! `N = prev[0..4] || n (u64 BE)` and its associated data is `prev`:
 //!
 //! ```text
-//! wrap(T', C') -> (T, C):  C  = ctr_K,N(C');  t = tag_K,N(C);  T  = E_U(T' ^ t)
-//! peel(T, C)  -> (T', C'): t  = tag_K,N(C);   C' = ctr_K,N(C); T' = D_U(T) ^ t
+//! wrap(T', C') -> (T, C):  C  = ctr_K,N(C');  t = tag_K,N,prev(C);  T  = E_U(T' ^ t);  prev = T'
+//! peel(T, C)  -> (T', C'): t  = tag_K,N,prev(C);  C' = ctr_K,N(C);  T' = D_U(T) ^ t;  prev = T'
 //! ```
 //!
-//! `ctr` and `tag` are exactly the CTR part and the tag of standard AES-256-GCM with empty
-//! associated data, where the tag is computed over the ciphertext. A cell is *recognized* by
-//! a hop when its peel yields `T' == 0^16`. Everything works in place on a cell body, with
-//! no allocation per cell; AES key schedules and the GHASH key are expanded once.
+//! `ctr` and `tag` are exactly the CTR part and the tag of standard AES-256-GCM with a
+//! 96-bit nonce and 16 bytes of associated data, where the tag is computed over the
+//! ciphertext. A cell is *recognized* by a hop when its peel yields `T' == 0^16`.
+//!
+//! The chain makes tampering permanent: once a cell reaching an honest layer was altered,
+//! dropped, replayed or reordered, that layer's `prev` differs from the sender's, so every
+//! later cell there gets a different tag (garbled `T'`) *and* a different keystream
+//! (garbled `C'`); nobody without the layer's keys can repair it. Everything works in place
+//! on a cell body, with no allocation per cell; AES key schedules and the GHASH key are
+//! expanded once.
 //!
 //! Every error is fatal for the circuit: the caller must tear it down.
 
@@ -121,15 +129,22 @@ impl core::fmt::Debug for HopKeys {
     }
 }
 
-/// The GCM nonce for cell counter `n`: 4 zero bytes, then `n` as 8 bytes big-endian.
-pub fn nonce_for_counter(n: u64) -> [u8; NONCE_LEN] {
+/// Bytes of the chain value `prev` that enter the GCM nonce (the rest is the counter).
+pub const NONCE_CHAIN_LEN: usize = 4;
+
+/// The GCM nonce of the cell with counter `n` at a layer whose chain value is `prev`:
+/// `prev[0..4] || n` (8 bytes big-endian). It never repeats under one key, because `n`
+/// never does; `prev` only makes the keystream depend on the chain.
+pub fn chained_nonce(n: u64, prev: &[u8; RELAY_TAG_LEN]) -> [u8; NONCE_LEN] {
     let mut nonce = [0u8; NONCE_LEN];
-    nonce[4..].copy_from_slice(&n.to_be_bytes());
+    nonce[..NONCE_CHAIN_LEN].copy_from_slice(&prev[..NONCE_CHAIN_LEN]);
+    nonce[NONCE_CHAIN_LEN..].copy_from_slice(&n.to_be_bytes());
     nonce
 }
 
-/// AES-256-GCM (empty AAD) split into its CTR part and its tag, in place, without
-/// allocation. The key schedule and the GHASH key `H = E_K(0^128)` are expanded once.
+/// AES-256-GCM with 16 bytes of associated data split into its CTR part and its tag, in
+/// place, without allocation. The key schedule and the GHASH key `H = E_K(0^128)` are
+/// expanded once.
 struct Gcm {
     cipher: Aes256,
     ghash: GHash,
@@ -159,12 +174,15 @@ impl Gcm {
         (ctr, mask)
     }
 
-    /// `GHASH_H(C, lengths) XOR mask` with empty associated data.
-    fn tag(&self, mask: &Block, ciphertext: &[u8]) -> [u8; 16] {
+    /// `GHASH_H(A, C, lengths) XOR mask` for the one-block associated data `A`.
+    fn tag(&self, mask: &Block, aad: &[u8; 16], ciphertext: &[u8]) -> [u8; 16] {
         let mut gh = self.ghash.clone();
+        let aad_block = Block::from(*aad);
+        gh.update(core::slice::from_ref(&aad_block));
         gh.update_padded(ciphertext);
         let mut lens = Block::default();
-        // AAD length (bits) is zero; ciphertext length in bits, big-endian.
+        // AAD length and ciphertext length in bits, big-endian, 8 bytes each.
+        lens[..8].copy_from_slice(&(8 * aad.len() as u64).to_be_bytes());
         let bits = (ciphertext.len() as u64).wrapping_mul(8);
         lens[8..].copy_from_slice(&bits.to_be_bytes());
         gh.update(core::slice::from_ref(&lens));
@@ -175,38 +193,41 @@ impl Gcm {
         out
     }
 
-    /// GCM encryption in place; returns the tag over the resulting ciphertext.
-    fn encrypt(&self, nonce: &[u8; NONCE_LEN], buf: &mut [u8]) -> [u8; 16] {
+    /// GCM encryption in place; returns the tag over `aad` and the resulting ciphertext.
+    fn encrypt(&self, nonce: &[u8; NONCE_LEN], aad: &[u8; 16], buf: &mut [u8]) -> [u8; 16] {
         let (ctr, mask) = self.init(nonce);
         ctr.apply_keystream_partial(buf.into());
-        self.tag(&mask, buf)
+        self.tag(&mask, aad, buf)
     }
 
-    /// GCM decryption in place (no verification); returns the tag over the ciphertext
-    /// as it was before decryption.
-    fn decrypt(&self, nonce: &[u8; NONCE_LEN], buf: &mut [u8]) -> [u8; 16] {
+    /// GCM decryption in place (no verification); returns the tag over `aad` and the
+    /// ciphertext as it was before decryption.
+    fn decrypt(&self, nonce: &[u8; NONCE_LEN], aad: &[u8; 16], buf: &mut [u8]) -> [u8; 16] {
         let (ctr, mask) = self.init(nonce);
-        let t = self.tag(&mask, buf);
+        let t = self.tag(&mask, aad, buf);
         ctr.apply_keystream_partial(buf.into());
         t
     }
 }
 
-/// One layer of one hop in one direction: GCM key `K`, tag-permutation key `U`,
-/// and the cell counter `n`. Key schedules are zeroized on drop by `aes` and `ghash`.
+/// One layer of one hop in one direction: GCM key `K`, tag-permutation key `U`, the cell
+/// counter `n` and the chain value `prev` (`T'` of the previous cell). Key schedules are
+/// zeroized on drop by `aes` and `ghash`, `prev` by our `Drop`.
 pub struct LayerState {
     gcm: Gcm,
     u: Aes256,
     n: u64,
+    prev: [u8; RELAY_TAG_LEN],
 }
 
 impl LayerState {
-    /// A fresh layer (counter 0) from its GCM key `K` and tag key `U`.
+    /// A fresh layer (counter 0, chain value `R = 0^16`) from its GCM key `K` and tag key `U`.
     pub fn new(k: &[u8; 32], u: &[u8; 32]) -> Self {
         Self {
             gcm: Gcm::new(k),
             u: Aes256::new(u.into()),
             n: 0,
+            prev: RECOGNIZED,
         }
     }
 
@@ -220,45 +241,74 @@ impl LayerState {
         self.n == u64::MAX
     }
 
+    /// The chain value `prev`: `T'` of the previous cell this layer processed (`0^16` before
+    /// the first). Both ends of a layer hold the same value as long as no cell was tampered with.
+    pub fn chain(&self) -> &[u8; RELAY_TAG_LEN] {
+        &self.prev
+    }
+
     /// Test support: set the counter (e.g. near `u64::MAX`).
     #[doc(hidden)]
     pub fn set_counter_for_tests(&mut self, n: u64) {
         self.n = n;
     }
 
-    /// Takes the counter for the next cell and advances it; refuses at `u64::MAX`.
+    /// Test support: set the chain value `prev`.
+    #[doc(hidden)]
+    pub fn set_chain_for_tests(&mut self, prev: &[u8; RELAY_TAG_LEN]) {
+        self.prev = *prev;
+    }
+
+    /// The nonce for the next cell, advancing the counter; refuses at `u64::MAX` (then
+    /// nothing changes).
     fn next_nonce(&mut self) -> Option<[u8; NONCE_LEN]> {
         if self.n == u64::MAX {
             return None;
         }
-        let nonce = nonce_for_counter(self.n);
+        let nonce = chained_nonce(self.n, &self.prev);
         self.n += 1;
         Some(nonce)
     }
 
-    /// `wrap(T', C') -> (T, C)` in place. `None` if the counter is exhausted (body untouched).
+    /// `wrap(T', C') -> (T, C)` in place, then `prev = T'`. `None` if the counter is
+    /// exhausted (body and state untouched).
     pub fn wrap(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Option<()> {
         let nonce = self.next_nonce()?;
-        let tag = self.gcm.encrypt(&nonce, &mut body[RELAY_TAG_LEN..]);
+        let tag = self
+            .gcm
+            .encrypt(&nonce, &self.prev, &mut body[RELAY_TAG_LEN..]);
         let mut t = Block::default();
         t.copy_from_slice(&body[..RELAY_TAG_LEN]);
+        self.prev.copy_from_slice(&t);
         xor_into(&mut t, &tag);
         self.u.encrypt_block(&mut t);
         body[..RELAY_TAG_LEN].copy_from_slice(&t);
+        t.zeroize();
         Some(())
     }
 
-    /// `peel(T, C) -> (T', C')` in place; returns whether `T' == 0^16` (recognized).
-    /// `None` if the counter is exhausted (body untouched).
+    /// `peel(T, C) -> (T', C')` in place, then `prev = T'`; returns whether `T' == 0^16`
+    /// (recognized). `None` if the counter is exhausted (body and state untouched).
     pub fn peel(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Option<bool> {
         let nonce = self.next_nonce()?;
-        let tag = self.gcm.decrypt(&nonce, &mut body[RELAY_TAG_LEN..]);
+        let tag = self
+            .gcm
+            .decrypt(&nonce, &self.prev, &mut body[RELAY_TAG_LEN..]);
         let mut t = Block::default();
         t.copy_from_slice(&body[..RELAY_TAG_LEN]);
         self.u.decrypt_block(&mut t);
         xor_into(&mut t, &tag);
         body[..RELAY_TAG_LEN].copy_from_slice(&t);
-        Some(is_recognized(&t))
+        self.prev.copy_from_slice(&t);
+        let recognized = is_recognized(&t);
+        t.zeroize();
+        Some(recognized)
+    }
+}
+
+impl Drop for LayerState {
+    fn drop(&mut self) {
+        self.prev.zeroize();
     }
 }
 
@@ -371,6 +421,9 @@ impl ClientCircuitCrypto {
 
     /// Peels backward layers `0, 1, …` in place until one recognizes the cell, and returns
     /// that (0-based) originating hop; the message is then in `body[16..]`.
+    ///
+    /// Nothing is changed if any backward layer is exhausted. After `Unrecognized` every
+    /// layer's chain has absorbed the garbled cell: the circuit must be torn down.
     pub fn decrypt(&mut self, body: &mut [u8; CELL_BODY_LEN]) -> Result<usize, LayerError> {
         self.decrypt_tagged(body).map(|(hop, _)| hop)
     }
@@ -381,6 +434,12 @@ impl ClientCircuitCrypto {
         &mut self,
         body: &mut [u8; CELL_BODY_LEN],
     ) -> Result<(usize, [u8; RELAY_TAG_LEN]), LayerError> {
+        if let Some(i) = self.hops.iter().position(|(_, b)| b.is_exhausted()) {
+            return Err(LayerError::CounterExhausted {
+                hop: i,
+                direction: "backward",
+            });
+        }
         let mut tag = [0u8; RELAY_TAG_LEN];
         for (i, (_, bwd)) in self.hops.iter_mut().enumerate() {
             tag.copy_from_slice(&body[..RELAY_TAG_LEN]);
@@ -471,47 +530,58 @@ mod tests {
     use aes_gcm::Aes256Gcm;
     use proptest::prelude::*;
 
-    fn aes_gcm_reference(key: &[u8; 32], nonce: &[u8; 12], data: &[u8]) -> (Vec<u8>, [u8; 16]) {
+    fn aes_gcm_reference(
+        key: &[u8; 32],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &[u8],
+    ) -> (Vec<u8>, [u8; 16]) {
         let aead = Aes256Gcm::new(key.into());
         let mut buf = data.to_vec();
         let tag = aead
-            .encrypt_inout_detached(nonce.into(), &[], buf.as_mut_slice().into())
+            .encrypt_inout_detached(nonce.into(), aad, buf.as_mut_slice().into())
             .unwrap();
         (buf, tag.into())
     }
 
     proptest! {
-        /// Our (ctr, tag) split is standard AES-256-GCM (empty AAD), for any key, nonce, length.
+        /// Our (ctr, tag) split is standard AES-256-GCM with 16 bytes of associated data,
+        /// for any key, nonce, associated data and length.
         #[test]
         fn gcm_split_equals_aes_gcm(
             key in any::<[u8; 32]>(),
             nonce in any::<[u8; 12]>(),
+            aad in any::<[u8; 16]>(),
             data in proptest::collection::vec(any::<u8>(), 0..700),
         ) {
-            let (want_ct, want_tag) = aes_gcm_reference(&key, &nonce, &data);
+            let (want_ct, want_tag) = aes_gcm_reference(&key, &nonce, &aad, &data);
             let gcm = Gcm::new(&key);
             let mut buf = data.clone();
-            let tag = gcm.encrypt(&nonce, &mut buf);
+            let tag = gcm.encrypt(&nonce, &aad, &mut buf);
             prop_assert_eq!(&buf, &want_ct);
             prop_assert_eq!(tag, want_tag);
             // decrypt: same tag (over the ciphertext), plaintext restored
-            let tag2 = gcm.decrypt(&nonce, &mut buf);
+            let tag2 = gcm.decrypt(&nonce, &aad, &mut buf);
             prop_assert_eq!(tag2, want_tag);
             prop_assert_eq!(buf, data);
         }
 
-        /// peel is the exact inverse of wrap, and a freshly originated cell is recognized.
+        /// peel is the exact inverse of wrap at the same (counter, chain), and both ends
+        /// then chain the same value: T' (the inner tag).
         #[test]
         fn peel_inverts_wrap(
             k in any::<[u8; 32]>(),
             u in any::<[u8; 32]>(),
             start in 0u64..u64::MAX - 4,
+            prev in any::<[u8; 16]>(),
             body in proptest::collection::vec(any::<u8>(), CELL_BODY_LEN),
         ) {
             let mut a = LayerState::new(&k, &u);
             let mut b = LayerState::new(&k, &u);
             a.set_counter_for_tests(start);
             b.set_counter_for_tests(start);
+            a.set_chain_for_tests(&prev);
+            b.set_chain_for_tests(&prev);
             let orig: [u8; CELL_BODY_LEN] = body.try_into().unwrap();
             let mut cell = orig;
             a.wrap(&mut cell).unwrap();
@@ -521,27 +591,68 @@ mod tests {
             prop_assert_eq!(rec, orig[..16] == [0u8; 16]);
             prop_assert_eq!(a.counter(), start + 1);
             prop_assert_eq!(b.counter(), start + 1);
+            prop_assert_eq!(&a.chain()[..], &orig[..16]);
+            prop_assert_eq!(b.chain(), a.chain());
+        }
+
+        /// A peel with a different chain value (a tampered earlier cell) garbles the whole
+        /// cell: the tag and, through the nonce, the message area.
+        #[test]
+        fn wrong_chain_garbles_tag_and_content(
+            k in any::<[u8; 32]>(),
+            u in any::<[u8; 32]>(),
+            prev in any::<[u8; 16]>(),
+            delta in any::<[u8; 16]>().prop_filter("nonzero", |d| d[..4] != [0u8; 4]),
+        ) {
+            let mut a = LayerState::new(&k, &u);
+            let mut b = LayerState::new(&k, &u);
+            a.set_chain_for_tests(&prev);
+            let mut wrong = prev;
+            for (w, d) in wrong.iter_mut().zip(delta) {
+                *w ^= d;
+            }
+            b.set_chain_for_tests(&wrong);
+            let orig = [0u8; CELL_BODY_LEN];
+            let mut cell = orig;
+            a.wrap(&mut cell).unwrap();
+            prop_assert_eq!(b.peel(&mut cell), Some(false));
+            // no 16-byte block of the message area survives
+            for (got, want) in cell[16..].chunks(16).zip(orig[16..].chunks(16)) {
+                prop_assert_ne!(got, want);
+            }
         }
     }
 
-    /// wrap follows the spec literally: C = GCM-CTR_K,N(n)(C'), T = E_U(T' ^ GCM-tag(C)).
+    /// wrap follows the spec literally: N = prev[0..4] || n, C = GCM-CTR_K,N(C'),
+    /// T = E_U(T' ^ GCM-tag_K,N(aad = prev, C)), then prev = T'.
     #[test]
-    fn wrap_matches_spec_with_counter_nonce() {
+    fn wrap_matches_spec_with_counter_nonce_and_chain() {
         let k = [7u8; 32];
         let u = [9u8; 32];
-        for n in [0u64, 1, 2, 0x0102_0304_0506_0708, u64::MAX - 1] {
+        let mut chain = [0u8; 16];
+        for (i, b) in chain.iter_mut().enumerate() {
+            *b = 0xA0 + i as u8;
+        }
+        for (n, prev) in [
+            (0u64, [0u8; 16]),
+            (1, chain),
+            (2, [0xFF; 16]),
+            (0x0102_0304_0506_0708, chain),
+            (u64::MAX - 1, chain),
+        ] {
             let mut layer = LayerState::new(&k, &u);
             layer.set_counter_for_tests(n);
+            layer.set_chain_for_tests(&prev);
             let mut cell = [0u8; CELL_BODY_LEN];
             for (i, b) in cell.iter_mut().enumerate() {
                 *b = (i * 31 % 251) as u8;
             }
             let orig = cell;
             layer.wrap(&mut cell).unwrap();
-            let nonce = nonce_for_counter(n);
-            assert_eq!(&nonce[..4], &[0u8; 4]);
+            let nonce = chained_nonce(n, &prev);
+            assert_eq!(&nonce[..4], &prev[..4]);
             assert_eq!(&nonce[4..], &n.to_be_bytes());
-            let (ct, tag) = aes_gcm_reference(&k, &nonce, &orig[16..]);
+            let (ct, tag) = aes_gcm_reference(&k, &nonce, &prev, &orig[16..]);
             assert_eq!(&cell[16..], &ct[..]);
             let mut t = Block::default();
             for i in 0..16 {
@@ -549,25 +660,36 @@ mod tests {
             }
             Aes256::new((&u).into()).encrypt_block(&mut t);
             assert_eq!(&cell[..16], t.as_slice());
+            assert_eq!(&layer.chain()[..], &orig[..16]);
         }
     }
 
-    /// The nonce sequence of a layer pair never repeats: over 2^20 cells per direction
-    /// each nonce is strictly greater (as bytes) than the one before; also over real cells.
+    /// Nonces never repeat under one key: the last 8 bytes are the counter, which strictly
+    /// increases over 2^20 cells per direction whatever the chain value is; also over real
+    /// cells, where the chain changes every cell.
     #[test]
     fn nonces_never_repeat() {
         let keys = HopKeys::from_bytes(&[3u8; HOP_KEYS_LEN]);
         let mut relay = RelayCircuitCrypto::from_keys(&keys);
         let (fwd, bwd) = relay.layers_mut_for_tests();
         for layer in [fwd, bwd] {
-            let mut prev: Option<[u8; 12]> = None;
+            let mut prev_ctr: Option<u64> = None;
+            let mut x = 0x1234_5678_9ABC_DEF0u64;
             for i in 0..(1u64 << 20) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut chain = [0u8; 16];
+                chain[..8].copy_from_slice(&x.to_le_bytes());
+                layer.set_chain_for_tests(&chain);
                 let nonce = layer.next_nonce().unwrap();
-                assert_eq!(nonce, nonce_for_counter(i));
-                if let Some(p) = prev {
-                    assert!(nonce > p, "nonce did not strictly increase at cell {i}");
+                assert_eq!(nonce, chained_nonce(i, &chain));
+                assert_eq!(&nonce[..4], &chain[..4]);
+                let ctr = u64::from_be_bytes(nonce[4..].try_into().unwrap());
+                if let Some(p) = prev_ctr {
+                    assert!(ctr > p, "counter did not strictly increase at cell {i}");
                 }
-                prev = Some(nonce);
+                prev_ctr = Some(ctr);
             }
             assert_eq!(layer.counter(), 1 << 20);
         }
@@ -576,10 +698,13 @@ mod tests {
         client.add_hop(&keys).unwrap();
         let mut relay = RelayCircuitCrypto::from_keys(&keys);
         let mut seen = std::collections::HashSet::new();
+        let mut chains = std::collections::HashSet::new();
         for i in 0..4096u64 {
             let mut cell = [i as u8; CELL_BODY_LEN];
-            let before = client.layers_mut_for_tests(0).unwrap().0.counter();
-            assert!(seen.insert(nonce_for_counter(before)));
+            let layer = &client.layers_mut_for_tests(0).unwrap().0;
+            let before = layer.counter();
+            assert_eq!(before, i);
+            assert!(seen.insert(chained_nonce(before, layer.chain())));
             client.encrypt_to(0, &mut cell).unwrap();
             assert_eq!(
                 client.layers_mut_for_tests(0).unwrap().0.counter(),
@@ -588,10 +713,20 @@ mod tests {
             assert_eq!(relay.decrypt_forward(&mut cell).unwrap(), Recognized::ForMe);
             assert_eq!(relay.layers_mut_for_tests().0.counter(), i + 1);
             relay.originate_backward(&mut cell).unwrap();
+            chains.insert(*relay.layers_mut_for_tests().1.chain());
             assert_eq!(client.decrypt(&mut cell).unwrap(), 0);
             assert_eq!(relay.layers_mut_for_tests().1.counter(), i + 1);
+            // both ends of each layer hold the same chain value
+            let (cf, cb) = client.layers_mut_for_tests(0).unwrap();
+            let (cf, cb) = (*cf.chain(), *cb.chain());
+            let (rf, rb) = relay.layers_mut_for_tests();
+            assert_eq!(&cf, rf.chain());
+            assert_eq!(&cb, rb.chain());
         }
         assert_eq!(seen.len(), 4096);
+        // a cell for the hop itself chains R, as the recognition rule says
+        assert_eq!(chains.len(), 1);
+        assert!(chains.contains(&RECOGNIZED));
     }
 
     /// At u64::MAX every operation refuses with CounterExhausted and leaves the body alone.
@@ -619,6 +754,15 @@ mod tests {
         assert_eq!(relay.originate_backward(&mut cell), Err(bwd_err));
         assert_eq!(cell, snapshot);
         assert_eq!(relay.layers_mut_for_tests().0.counter(), u64::MAX);
+        // the chains are untouched by the refused cells
+        let chain_f = *relay.layers_mut_for_tests().0.chain();
+        let chain_b = *relay.layers_mut_for_tests().1.chain();
+        assert_ne!(chain_f, RECOGNIZED);
+        let _ = relay.decrypt_forward(&mut cell);
+        let _ = relay.encrypt_backward(&mut cell);
+        let _ = relay.originate_backward(&mut cell);
+        assert_eq!(relay.layers_mut_for_tests().0.chain(), &chain_f);
+        assert_eq!(relay.layers_mut_for_tests().1.chain(), &chain_b);
 
         let mut client = ClientCircuitCrypto::new();
         client.add_hop(&keys).unwrap();
@@ -648,6 +792,25 @@ mod tests {
             client.decrypt(&mut cell),
             Err(LayerError::CounterExhausted { hop: 0, .. })
         ));
+
+        // decrypt checks every backward layer first: an exhausted later layer leaves the
+        // earlier layers' counters and chains, and the cell, unchanged
+        let mut client = ClientCircuitCrypto::new();
+        client.add_hop(&keys).unwrap();
+        client.add_hop(&keys).unwrap();
+        let (_, b1) = client.layers_mut_for_tests(1).unwrap();
+        b1.set_counter_for_tests(u64::MAX);
+        assert_eq!(
+            client.decrypt(&mut cell),
+            Err(LayerError::CounterExhausted {
+                hop: 1,
+                direction: "backward"
+            })
+        );
+        assert_eq!(cell, snapshot);
+        let (_, b0) = client.layers_mut_for_tests(0).unwrap();
+        assert_eq!(b0.counter(), 0);
+        assert_eq!(b0.chain(), &RECOGNIZED);
     }
 
     #[test]
