@@ -480,3 +480,13 @@ proptest! {
         prop_assert!(got == cells);
     }
 }
+
+#[test]
+fn link_types_can_move_between_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Link>();
+    assert_send::<LinkInitiator>();
+    assert_send::<LinkResponder>();
+    assert_send::<FrameDecoder>();
+    assert_send::<LinkSecretKey>();
+}
