@@ -1,0 +1,628 @@
+//! The circuit manager: which circuit carries a new stream, and building circuits.
+//!
+//! - **Paths** come from the relay set (discovery fills it) through
+//!   `onionvpn_directory::path::select_path`: an exit whose policy accepts the target, every
+//!   hop within the price cap, the persistent guard first.
+//! - **Ahead of demand**: [`MgrConfig::preemptive`] clean circuits (no stream yet) are kept
+//!   built, toward the last target's kind of exit, so a new stream rarely waits for a build.
+//! - **Retries**: a build that fails or times out marks the hop that did not answer as
+//!   failed for [`MgrConfig::failed_relay_ttl`] and is retried on another path, up to
+//!   [`MgrConfig::build_attempts`] times.
+//! - **Timeout** learned from observed build times ([`crate::buildtime`]).
+//! - **Isolation**: a circuit, once it carried a stream, belongs to that stream's
+//!   [`IsolationKey`]; streams with another key never use it.
+//! - **Retirement**: new streams stop using a circuit [`MgrConfig::max_dirtiness`] after its
+//!   first stream (Tor's `MaxCircuitDirtiness`); it closes once its streams are done. Clean
+//!   circuits are replaced after [`MgrConfig::max_clean_age`]. Dead circuits (DESTROY, channel
+//!   closed) are dropped and the clean pool refilled.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use onionvpn_chan::{ChannelConfig, ChannelHandle};
+use onionvpn_directory::descriptor::Prices;
+use onionvpn_directory::dht::unix_now;
+use onionvpn_directory::path::{select_path, GuardSet, PathError, PathRequest};
+use onionvpn_directory::{cache::Cache, policy, Descriptor, RelaySet};
+use onionvpn_proto::circuit::{ClientCircuit, ClientConfig as CircConfig, HopTarget};
+use onionvpn_proto::crypto::handshake::OnionPublicKey;
+use onionvpn_proto::ext::PaymentOffer;
+use onionvpn_proto::relaymsg::{Host, Target};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, warn};
+
+use crate::buildtime::{BuildTimeConfig, BuildTimeEstimator};
+use crate::circuit_task::{spawn_circuit, CircuitHandle, CircuitInfo};
+use crate::socks::IsolationKey;
+
+/// Settings of the circuit manager.
+#[derive(Debug, Clone)]
+pub struct MgrConfig {
+    /// Hops per circuit.
+    pub hops: usize,
+    /// Highest per-hop prices accepted.
+    pub price_cap: Prices,
+    /// Clean circuits kept built ahead of demand.
+    pub preemptive: usize,
+    /// New streams stop using a circuit this long after its first stream.
+    pub max_dirtiness: Duration,
+    /// A clean circuit unused this long is replaced.
+    pub max_clean_age: Duration,
+    /// Paths tried for one circuit before giving up.
+    pub build_attempts: usize,
+    /// How long a relay that failed a build is avoided.
+    pub failed_relay_ttl: Duration,
+    /// Use persistent guards for the first hop.
+    pub use_guards: bool,
+    /// Build-timeout estimator settings.
+    pub buildtime: BuildTimeConfig,
+    /// Channel settings.
+    pub channel: ChannelConfig,
+    /// Circuit state-machine settings.
+    pub circuit: CircConfig,
+    /// How often maintenance runs (retire, replace, refill).
+    pub maintenance_interval: Duration,
+}
+
+impl Default for MgrConfig {
+    fn default() -> Self {
+        MgrConfig {
+            hops: 3,
+            price_cap: Prices {
+                msat_per_mib: crate::config::DEFAULT_MAX_PRICE_MIB,
+                msat_per_min: crate::config::DEFAULT_MAX_PRICE_MIN,
+            },
+            preemptive: 2,
+            max_dirtiness: Duration::from_secs(600),
+            max_clean_age: Duration::from_secs(3600),
+            build_attempts: 4,
+            failed_relay_ttl: Duration::from_secs(60),
+            use_guards: true,
+            buildtime: BuildTimeConfig::default(),
+            channel: ChannelConfig::default(),
+            circuit: CircConfig::default(),
+            maintenance_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why no circuit could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CircMgrError {
+    /// No path: too few relays known, or none whose exit policy accepts the target.
+    #[error("no path: {0}")]
+    NoPath(#[from] PathError),
+    /// Every attempt failed; the last failure is given.
+    #[error("circuit build failed after {attempts} attempts; last: {last}")]
+    BuildFailed {
+        /// Attempts made.
+        attempts: usize,
+        /// What the last attempt hit.
+        last: String,
+    },
+    /// The manager is shutting down.
+    #[error("client shutting down")]
+    ShuttingDown,
+}
+
+/// A snapshot of one managed circuit (for tests, metrics and the benchmark harness).
+#[derive(Debug, Clone)]
+pub struct CircuitSummary {
+    /// Client-local circuit number.
+    pub id: u64,
+    /// Hop identities, guard first.
+    pub path: Vec<[u8; 32]>,
+    /// Isolation group: `None` while clean, else a number per distinct key (not the key).
+    pub isolation_group: Option<u64>,
+    /// Streams open now.
+    pub streams_open: usize,
+    /// Streams ever opened.
+    pub streams_total: u64,
+    /// Whether the circuit is gone.
+    pub dead: bool,
+}
+
+struct PoolEntry {
+    handle: CircuitHandle,
+    exit: Descriptor,
+    isolation: Option<(IsolationKey, u64)>,
+    built: Instant,
+    dirty_since: Option<Instant>,
+}
+
+struct State {
+    pool: Vec<PoolEntry>,
+    guards: GuardSet,
+    failed: HashMap<[u8; 32], Instant>,
+    groups: HashMap<IsolationKey, u64>,
+    predicted: Option<Target>,
+}
+
+/// The circuit manager. Shared as `Arc<CircMgr>` by the SOCKS server, maintenance and
+/// discovery tasks.
+pub struct CircMgr {
+    cfg: MgrConfig,
+    state: Mutex<State>,
+    relays: RwLock<RelaySet>,
+    channels: tokio::sync::Mutex<HashMap<[u8; 32], ChannelHandle>>,
+    buildtime: Mutex<BuildTimeEstimator>,
+    key_locks: Mutex<HashMap<IsolationKey, Arc<tokio::sync::Mutex<()>>>>,
+    next_id: AtomicU64,
+    built: watch::Sender<u64>,
+    /// Woken when path selection lacks relays: discovery should run now.
+    pub(crate) need_relays: Notify,
+    refilling: AtomicBool,
+    closing: AtomicBool,
+    cache: Option<Cache>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The directory's view of a stream target (for exit policies).
+fn policy_target(t: &Target) -> (policy::Target<'_>, u16) {
+    let host = match &t.host {
+        Host::Name(n) => policy::Target::Host(n.as_str()),
+        Host::V4(a) => policy::Target::Ip(IpAddr::V4(*a)),
+        Host::V6(a) => policy::Target::Ip(IpAddr::V6(*a)),
+    };
+    (host, t.port.get())
+}
+
+fn exit_allows(exit: &Descriptor, t: &Target) -> bool {
+    let (host, port) = policy_target(t);
+    exit.body().exit_policy.allows(&host, port)
+}
+
+/// The circuit handshake's view of a hop, from its verified descriptor.
+fn hop_target(d: &Descriptor, now: u64) -> Option<HopTarget> {
+    let b = d.body();
+    let onion = d.onion_key_at(now)?;
+    Some(HopTarget {
+        identity: b.identity.0,
+        onion_key: OnionPublicKey(onion.key),
+        link_key: b.link_key.0,
+        ipv4: d.ipv4(),
+        ipv6: b.addresses.iter().find_map(|a| match a {
+            SocketAddr::V6(v6) => Some(*v6),
+            SocketAddr::V4(_) => None,
+        }),
+        offer: PaymentOffer {
+            msat_per_mib: b.prices.msat_per_mib,
+            msat_per_min: b.prices.msat_per_min,
+        },
+    })
+}
+
+impl CircMgr {
+    /// A manager over `relays` (may be empty: discovery adds to it), with the persisted
+    /// `guards` and an optional cache to store new guards and descriptors in.
+    pub fn new(cfg: MgrConfig, relays: RelaySet, guards: GuardSet, cache: Option<Cache>) -> Self {
+        CircMgr {
+            buildtime: Mutex::new(BuildTimeEstimator::new(cfg.buildtime.clone())),
+            cfg,
+            state: Mutex::new(State {
+                pool: Vec::new(),
+                guards,
+                failed: HashMap::new(),
+                groups: HashMap::new(),
+                predicted: None,
+            }),
+            relays: RwLock::new(relays),
+            channels: tokio::sync::Mutex::new(HashMap::new()),
+            key_locks: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            built: watch::channel(0).0,
+            need_relays: Notify::new(),
+            refilling: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            cache,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MgrConfig {
+        &self.cfg
+    }
+
+    /// Adds checked descriptors (from discovery); returns how many relays are known.
+    pub fn add_relays<'a>(&self, descs: impl IntoIterator<Item = &'a Descriptor>) -> usize {
+        let mut set = self.relays.write().unwrap_or_else(|e| e.into_inner());
+        for d in descs {
+            if set.insert_checked(d.clone()).is_ok() {
+                if let Some(c) = &self.cache {
+                    let _ = c.store_descriptor(d);
+                }
+            }
+        }
+        set.expire(unix_now());
+        set.len()
+    }
+
+    /// Relays known now.
+    pub fn relay_count(&self) -> usize {
+        self.relays.read().map_or(0, |s| s.len())
+    }
+
+    /// The build timeout the next build gets.
+    pub fn build_timeout(&self) -> Duration {
+        lock(&self.buildtime).timeout()
+    }
+
+    /// Circuits built since the start.
+    pub fn circuits_built(&self) -> u64 {
+        *self.built.borrow()
+    }
+
+    /// Waits until at least `n` circuits were built since the start.
+    pub async fn wait_built(&self, n: u64) {
+        let mut rx = self.built.subscribe();
+        let _ = rx.wait_for(|b| *b >= n).await;
+    }
+
+    /// A snapshot of the managed circuits.
+    pub fn circuits(&self) -> Vec<CircuitSummary> {
+        let st = lock(&self.state);
+        st.pool
+            .iter()
+            .map(|e| {
+                let i: &CircuitInfo = e.handle.info();
+                CircuitSummary {
+                    id: i.id,
+                    path: i.path.clone(),
+                    isolation_group: e.isolation.as_ref().map(|(_, g)| *g),
+                    streams_open: i.streams_open(),
+                    streams_total: i.streams_total(),
+                    dead: e.handle.is_dead(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops building and drops every circuit (their tasks send DESTROY).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        lock(&self.state).pool.clear();
+        if let Some(c) = &self.cache {
+            let _ = c.flush();
+        }
+    }
+
+    fn key_lock(&self, key: &IsolationKey) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.key_locks)
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// A circuit for a stream to `target` isolated by `key`: an open circuit of that key
+    /// whose exit accepts the target, else a clean one (which then belongs to the key), else
+    /// a new one.
+    pub async fn get_circuit(
+        self: &Arc<Self>,
+        key: &IsolationKey,
+        target: &Target,
+    ) -> Result<CircuitHandle, CircMgrError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(CircMgrError::ShuttingDown);
+        }
+        let key_lock = self.key_lock(key);
+        let _serialised = key_lock.lock().await;
+        let now = Instant::now();
+        let took_clean = {
+            let mut st = lock(&self.state);
+            st.predicted = Some(target.clone());
+            let max_dirty = self.cfg.max_dirtiness;
+            if let Some(e) = st.pool.iter().find(|e| {
+                e.isolation.as_ref().is_some_and(|(k, _)| k == key)
+                    && !e.handle.is_dead()
+                    && e.dirty_since
+                        .is_none_or(|t| now.duration_since(t) < max_dirty)
+                    && exit_allows(&e.exit, target)
+            }) {
+                return Ok(e.handle.clone());
+            }
+            let group = Self::group_of(&mut st, key);
+            match st.pool.iter_mut().find(|e| {
+                e.isolation.is_none() && !e.handle.is_dead() && exit_allows(&e.exit, target)
+            }) {
+                Some(e) => {
+                    e.isolation = Some((key.clone(), group));
+                    e.dirty_since = Some(now);
+                    Some(e.handle.clone())
+                }
+                None => None,
+            }
+        };
+        if let Some(h) = took_clean {
+            self.spawn_refill();
+            return Ok(h);
+        }
+        let (handle, exit) = self.build_circuit(Some(target)).await?;
+        let mut st = lock(&self.state);
+        let group = Self::group_of(&mut st, key);
+        st.pool.push(PoolEntry {
+            handle: handle.clone(),
+            exit,
+            isolation: Some((key.clone(), group)),
+            built: Instant::now(),
+            dirty_since: Some(Instant::now()),
+        });
+        drop(st);
+        self.spawn_refill();
+        Ok(handle)
+    }
+
+    fn group_of(st: &mut State, key: &IsolationKey) -> u64 {
+        let next = st.groups.len() as u64 + 1;
+        *st.groups.entry(key.clone()).or_insert(next)
+    }
+
+    /// Builds one circuit toward an exit accepting `target` (any exit if `None`), retrying
+    /// other paths on failure. The circuit is not added to the pool.
+    pub async fn build_circuit(
+        &self,
+        target: Option<&Target>,
+    ) -> Result<(CircuitHandle, Descriptor), CircMgrError> {
+        let mut last = String::from("no attempt");
+        let attempts = self.cfg.build_attempts.max(1);
+        for attempt in 0..attempts {
+            if self.closing.load(Ordering::Relaxed) {
+                return Err(CircMgrError::ShuttingDown);
+            }
+            match self.build_once(target).await {
+                Ok(x) => return Ok(x),
+                Err(Attempt::NoPath(e)) => {
+                    self.need_relays.notify_one();
+                    last = e.to_string();
+                    if attempt + 1 == attempts {
+                        return Err(CircMgrError::NoPath(e));
+                    }
+                    // Discovery may be filling the relay set.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(Attempt::Failed(why)) => {
+                    debug!("circuit build attempt {attempt} failed: {why}");
+                    last = why;
+                }
+            }
+        }
+        Err(CircMgrError::BuildFailed { attempts, last })
+    }
+
+    fn choose_path(&self, target: Option<&Target>) -> Result<(Vec<Descriptor>, bool), PathError> {
+        let now = unix_now();
+        let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock(&self.state);
+        let ttl = self.cfg.failed_relay_ttl;
+        st.failed.retain(|_, t| t.elapsed() < ttl);
+        let all = relays.usable(now);
+        let healthy: Vec<&Descriptor> = all
+            .iter()
+            .copied()
+            .filter(|d| !st.failed.contains_key(&d.identity().0))
+            .collect();
+        let req = PathRequest {
+            hops: self.cfg.hops,
+            target: target.map(policy_target),
+            price_cap: Some(self.cfg.price_cap),
+            use_guards: self.cfg.use_guards,
+        };
+        let mut rng = rand::rng();
+        let path = match select_path(&healthy, &req, &mut st.guards, now, &mut rng) {
+            Ok(p) => p,
+            // Too few healthy relays: the failed ones may have recovered.
+            Err(_) if healthy.len() < all.len() => {
+                select_path(&all, &req, &mut st.guards, now, &mut rng)?
+            }
+            Err(e) => return Err(e),
+        };
+        let hops = path.hops.iter().map(|d| (*d).clone()).collect();
+        Ok((hops, path.new_guard))
+    }
+
+    async fn channel_to(&self, d: &Descriptor) -> Result<ChannelHandle, String> {
+        let id = d.identity().0;
+        let mut chans = self.channels.lock().await;
+        if let Some(c) = chans.get(&id) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        chans.remove(&id);
+        let addr = d
+            .body()
+            .addresses
+            .first()
+            .copied()
+            .ok_or_else(|| "guard has no address".to_owned())?;
+        let c = onionvpn_chan::connect(addr, id, d.body().link_key.0, &self.cfg.channel)
+            .await
+            .map_err(|e| format!("channel to the first hop: {e}"))?;
+        chans.insert(id, c.clone());
+        Ok(c)
+    }
+
+    fn mark_failed(&self, id: [u8; 32]) {
+        lock(&self.state).failed.insert(id, Instant::now());
+    }
+
+    async fn build_once(
+        &self,
+        target: Option<&Target>,
+    ) -> Result<(CircuitHandle, Descriptor), Attempt> {
+        let started = Instant::now();
+        let (path, new_guard) = self.choose_path(target).map_err(Attempt::NoPath)?;
+        if new_guard {
+            if let Some(c) = &self.cache {
+                let guards = lock(&self.state).guards.clone();
+                let _ = c.store_guards(&guards);
+            }
+        }
+        let now = unix_now();
+        let hops: Vec<HopTarget> = path
+            .iter()
+            .map(|d| hop_target(d, now))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Attempt::Failed("a hop has no valid onion key".into()))?;
+        let ids: Vec<[u8; 32]> = path.iter().map(|d| d.identity().0).collect();
+        let exit = path
+            .last()
+            .cloned()
+            .ok_or_else(|| Attempt::Failed("empty path".into()))?;
+        let timeout = self.build_timeout();
+        let first = &path[0];
+        let chan = match tokio::time::timeout(timeout, self.channel_to(first)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.mark_failed(ids[0]);
+                return Err(Attempt::Failed(e));
+            }
+            Err(_) => {
+                self.mark_failed(ids[0]);
+                lock(&self.buildtime).record_timeout(timeout);
+                return Err(Attempt::Failed("channel to the first hop timed out".into()));
+            }
+        };
+        let (circ_id, rx) = chan
+            .open_circuit()
+            .await
+            .map_err(|e| Attempt::Failed(format!("open circuit: {e}")))?;
+        let (circ, create) = {
+            let mut rng = rand::rng();
+            ClientCircuit::new(&mut rng, hops, self.cfg.circuit.clone())
+                .map_err(|e| Attempt::Failed(format!("circuit state: {e}")))?
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (handle, build_rx) =
+            spawn_circuit(id, ids.clone(), circ, create, chan, circ_id, rx, started);
+        let remaining = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, build_rx).await {
+            Ok(Ok(Ok(took))) => {
+                lock(&self.buildtime).record_success(took);
+                self.built.send_modify(|b| *b += 1);
+                Ok((handle, exit))
+            }
+            Ok(Ok(Err(f))) => {
+                if let Some(id) = ids.get(f.hops_built.min(ids.len() - 1)) {
+                    self.mark_failed(*id);
+                }
+                Err(Attempt::Failed(format!(
+                    "hop {} did not join: {}",
+                    f.hops_built, f.error
+                )))
+            }
+            Ok(Err(_)) => Err(Attempt::Failed("circuit task ended".into())),
+            Err(_) => {
+                let k = handle.info().hops_built();
+                if let Some(id) = ids.get(k.min(ids.len() - 1)) {
+                    self.mark_failed(*id);
+                }
+                lock(&self.buildtime).record_timeout(timeout);
+                // Dropping the handle ends the task, which destroys the circuit.
+                Err(Attempt::Failed(format!(
+                    "build timed out after {timeout:?} at hop {k}"
+                )))
+            }
+        }
+    }
+
+    fn spawn_refill(self: &Arc<Self>) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.refill().await;
+            me.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Builds clean circuits until [`MgrConfig::preemptive`] are ready.
+    async fn refill(&self) {
+        loop {
+            if self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            let (clean, predicted) = {
+                let st = lock(&self.state);
+                let clean = st
+                    .pool
+                    .iter()
+                    .filter(|e| e.isolation.is_none() && !e.handle.is_dead())
+                    .count();
+                (clean, st.predicted.clone())
+            };
+            if clean >= self.cfg.preemptive {
+                return;
+            }
+            match self.build_circuit(predicted.as_ref()).await {
+                Ok((handle, exit)) => lock(&self.state).pool.push(PoolEntry {
+                    handle,
+                    exit,
+                    isolation: None,
+                    built: Instant::now(),
+                    dirty_since: None,
+                }),
+                Err(e) => {
+                    debug!("building a circuit ahead of demand failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One maintenance pass: drop dead circuits, retire old ones, refill the clean pool.
+    pub fn maintain(self: &Arc<Self>) {
+        let now = Instant::now();
+        {
+            let mut st = lock(&self.state);
+            let before = st.pool.len();
+            let max_dirty = self.cfg.max_dirtiness;
+            let max_clean = self.cfg.max_clean_age;
+            st.pool.retain(|e| {
+                if e.handle.is_dead() {
+                    return false;
+                }
+                match e.dirty_since {
+                    Some(t) => now.duration_since(t) < max_dirty,
+                    None => now.duration_since(e.built) < max_clean,
+                }
+            });
+            if st.pool.len() != before {
+                debug!("retired {} circuits", before - st.pool.len());
+            }
+        }
+        lock(&self.key_locks).retain(|_, l| Arc::strong_count(l) > 1);
+        self.spawn_refill();
+    }
+
+    /// Runs [`CircMgr::maintain`] every [`MgrConfig::maintenance_interval`] until closed.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.maintenance_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.closing.load(Ordering::Relaxed) {
+            tick.tick().await;
+            self.maintain();
+        }
+    }
+}
+
+enum Attempt {
+    NoPath(PathError),
+    Failed(String),
+}
+
+impl Drop for CircMgr {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cache {
+            if let Err(e) = c.flush() {
+                warn!("flushing the relay cache: {e}");
+            }
+        }
+    }
+}
