@@ -1,0 +1,620 @@
+//! One task per circuit: it owns the circuit's [`RelayCircuit`] and moves cells between the
+//! previous hop's channel, the next hop's channel (after EXTEND) and the exit streams.
+//!
+//! Ordering: every cell toward the client leaves through this task, in the order the state
+//! machine wrapped it (forwarded cells are wrapped in place by `handle_backward`, our own
+//! by `poll_backward` at the moment they are sent), as `proto::circuit` requires.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onionvpn_chan::{ChannelHandle, CircuitRx};
+use onionvpn_proto::cell::{Cell, ChanCmd, CircId, DestroyReason};
+use onionvpn_proto::circuit::{CircError, ExtendRequest, FromClient, RelayCircuit};
+use onionvpn_proto::consts::{CELL_BODY_LEN, CELL_LEN};
+use onionvpn_proto::relaymsg::{BeginFlags, EndReason, StreamId, Target};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::exit::{self, StreamEvent, WriteMsg, READ_PERMITS, WRITE_QUEUE, XOFF_AT};
+use crate::runtime::Shared;
+
+/// Events from a circuit's exit streams, queued toward the circuit task.
+const STREAM_EVENTS: usize = 64;
+/// Cells handled between two updates of the memory accounting.
+const QUOTA_EVERY: u32 = 64;
+
+/// Aborts a task when dropped (exit stream tasks, extend attempts).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the next hop is.
+enum Next {
+    /// Last hop (or not extended yet).
+    None,
+    /// EXTEND in progress.
+    Pending(AbortOnDrop<Result<Extended, DestroyReason>>),
+    /// Extended.
+    Open {
+        chan: ChannelHandle,
+        id: CircId,
+        rx: CircuitRx,
+    },
+}
+
+/// A successful extension.
+struct Extended {
+    chan: ChannelHandle,
+    id: CircId,
+    rx: CircuitRx,
+    created: Box<[u8; CELL_BODY_LEN]>,
+}
+
+/// Data from a destination waiting for congestion control.
+enum Pending {
+    Data {
+        chunk: Vec<u8>,
+        off: usize,
+        _permit: OwnedSemaphorePermit,
+    },
+    Fin,
+    End(EndReason),
+}
+
+/// An exit stream's I/O side.
+struct ExitStream {
+    writer_tx: Option<mpsc::Sender<WriteMsg>>,
+    xoff_sent: Arc<AtomicBool>,
+    pending: VecDeque<Pending>,
+    _tasks: Vec<AbortOnDrop<()>>,
+}
+
+impl ExitStream {
+    fn connecting(task: JoinHandle<()>) -> Self {
+        ExitStream {
+            writer_tx: None,
+            xoff_sent: Arc::new(AtomicBool::new(false)),
+            pending: VecDeque::new(),
+            _tasks: vec![AbortOnDrop(task)],
+        }
+    }
+}
+
+/// How a circuit ended.
+enum Stop {
+    /// Tell both sides with this reason.
+    Both(DestroyReason),
+    /// The previous hop destroyed it (or its channel closed): tell the next hop.
+    FromPrev,
+    /// The next hop destroyed it (or its channel closed): tell the previous hop.
+    FromNext,
+}
+
+/// A circuit task.
+pub(crate) struct CircuitTask {
+    shared: Arc<Shared>,
+    serial: u64,
+    prev: ChannelHandle,
+    prev_id: CircId,
+    prev_rx: CircuitRx,
+    circ: RelayCircuit,
+    next: Next,
+    streams: HashMap<StreamId, ExitStream>,
+    ready: VecDeque<StreamId>,
+    events_tx: mpsc::Sender<StreamEvent>,
+    events_rx: mpsc::Receiver<StreamEvent>,
+    kill: Arc<tokio::sync::Notify>,
+    quota_charged: usize,
+    since_quota: u32,
+}
+
+impl CircuitTask {
+    /// A task for an accepted circuit (CREATED already sent).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        serial: u64,
+        prev: ChannelHandle,
+        prev_id: CircId,
+        prev_rx: CircuitRx,
+        circ: RelayCircuit,
+        kill: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(STREAM_EVENTS);
+        CircuitTask {
+            shared,
+            serial,
+            prev,
+            prev_id,
+            prev_rx,
+            circ,
+            next: Next::None,
+            streams: HashMap::new(),
+            ready: VecDeque::new(),
+            events_tx,
+            events_rx,
+            kill,
+            quota_charged: 0,
+            since_quota: 0,
+        }
+    }
+
+    /// Runs the circuit until it ends, then tears it down on both sides.
+    pub(crate) async fn run(mut self) {
+        let mut shutdown = self.shared.shutdown_rx();
+        let stop = self.run_inner(&mut shutdown).await;
+        let (to_prev, to_next) = match stop {
+            Stop::Both(r) => (Some(r), Some(r)),
+            Stop::FromPrev => (None, Some(DestroyReason::Destroyed)),
+            Stop::FromNext => (Some(DestroyReason::Destroyed), None),
+        };
+        match to_prev {
+            Some(r) => self.prev.destroy(self.prev_id, r).await,
+            None => self.prev.release(self.prev_id).await,
+        }
+        if let Next::Open { chan, id, .. } = &self.next {
+            match to_next {
+                Some(r) => chan.destroy(*id, r).await,
+                None => chan.release(*id).await,
+            }
+        }
+        // Dropping the streams aborts their tasks and closes their sockets.
+        self.streams.clear();
+        self.shared.circuit_closed(self.serial);
+    }
+
+    async fn run_inner(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Stop {
+        loop {
+            if *shutdown.borrow() {
+                return Stop::Both(DestroyReason::Hibernating);
+            }
+            let r = tokio::select! {
+                biased;
+                _ = self.kill.notified() => return Stop::Both(DestroyReason::ResourceLimit),
+                _ = shutdown.changed() => return Stop::Both(DestroyReason::Hibernating),
+                cell = self.prev_rx.recv() => match cell {
+                    Some(cell) => self.on_prev(cell).await,
+                    None => return Stop::FromPrev,
+                },
+                ev = next_event(&mut self.next) => match ev {
+                    NextEvent::Extended(res) => self.on_extended(res),
+                    NextEvent::Cell(Some(cell)) => self.on_next(cell).await,
+                    NextEvent::Cell(None) => return Stop::FromNext,
+                },
+                ev = self.events_rx.recv() => match ev {
+                    Some(ev) => self.on_stream_event(ev),
+                    // We hold a sender: never closes.
+                    None => Ok(Flow::Continue),
+                },
+            };
+            match r {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop(s)) => return s,
+                Err(e) => {
+                    debug!("circuit error: {e}");
+                    self.shared
+                        .stats
+                        .circuit_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Stop::Both(e.destroy_reason());
+                }
+            }
+            if let Err(e) = self.flush(Instant::now()).await {
+                debug!("circuit error: {e}");
+                self.shared
+                    .stats
+                    .circuit_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return Stop::Both(e.destroy_reason());
+            }
+            self.since_quota += 1;
+            if self.since_quota >= QUOTA_EVERY || self.prev_rx.is_empty() {
+                self.since_quota = 0;
+                self.update_quota();
+            }
+        }
+    }
+
+    /// Moves pending destination data into cells while congestion control allows, then sends
+    /// every cell the state machine has queued toward the client.
+    async fn flush(&mut self, now: Instant) -> Result<(), CircError> {
+        let mut rounds = self.ready.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some(sid) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&sid) else {
+                continue;
+            };
+            let mut ended = false;
+            while let Some(front) = s.pending.front_mut() {
+                match front {
+                    Pending::Data { chunk, off, .. } => {
+                        if !self.circ.can_send(sid) {
+                            break;
+                        }
+                        let n = self.circ.send_data(sid, &chunk[*off..], now)?;
+                        if n == 0 {
+                            break;
+                        }
+                        *off += n;
+                        self.shared
+                            .stats
+                            .exit_bytes_read
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        if *off >= chunk.len() {
+                            s.pending.pop_front();
+                        }
+                    }
+                    Pending::Fin => {
+                        self.circ.send_fin(sid)?;
+                        s.pending.pop_front();
+                    }
+                    Pending::End(reason) => {
+                        self.circ.send_end(sid, *reason)?;
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if ended {
+                self.streams.remove(&sid);
+            } else if !s.pending.is_empty() {
+                self.ready.push_back(sid);
+            }
+        }
+        while let Some(body) = self.circ.poll_backward()? {
+            self.send_prev(Cell::with_body(self.prev_id, ChanCmd::Relay, &body))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn send_prev(&self, cell: Cell) {
+        // A closed channel shows up as the end of prev_rx on the next turn.
+        let _ = self.prev.send(cell).await;
+        self.shared
+            .stats
+            .cells_backward
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn on_prev(&mut self, mut cell: Cell) -> Result<Flow, CircError> {
+        let cmd = cell.cmd();
+        match cmd {
+            ChanCmd::Relay | ChanCmd::RelayEarly => {}
+            ChanCmd::Destroy => return Ok(Flow::Stop(Stop::FromPrev)),
+            _ => {
+                return Err(CircError::Protocol {
+                    what: "unexpected cell command from the previous hop",
+                })
+            }
+        }
+        self.shared
+            .stats
+            .cells_forward
+            .fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let ev = self.circ.handle_forward(cmd, cell.body_mut(), now)?;
+        match ev {
+            FromClient::Forward { .. } => {
+                if let Next::Open { chan, id, .. } = &self.next {
+                    cell.set_circ_id(*id);
+                    // RELAY_EARLY stays RELAY_EARLY: `cmd` is unchanged in the cell.
+                    let _ = chan.send(cell).await;
+                }
+            }
+            FromClient::Extend(req) => self.start_extend(req),
+            FromClient::Begin {
+                stream,
+                target,
+                flags,
+            } => self.begin(stream, target, flags)?,
+            FromClient::Data { stream, data } => {
+                let n = data.len();
+                self.write_to_stream(stream, WriteMsg::data(data))?;
+                self.shared
+                    .stats
+                    .exit_bytes_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            FromClient::Fin { stream } => self.write_to_stream(stream, WriteMsg::Fin)?,
+            FromClient::End { stream, .. } => {
+                self.streams.remove(&stream);
+            }
+            // The state machine records XOFF: `can_send` stays false for the stream, so its
+            // pending chunks stay, its reader runs out of permits and stops reading the socket.
+            FromClient::FlowControl { .. } => {}
+            FromClient::Payment(_) => debug!("PAYMENT message ignored: payments not wired yet"),
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_next(&mut self, mut cell: Cell) -> Result<Flow, CircError> {
+        match cell.cmd() {
+            ChanCmd::Relay | ChanCmd::RelayEarly => {}
+            ChanCmd::Destroy => return Ok(Flow::Stop(Stop::FromNext)),
+            _ => {
+                return Err(CircError::Protocol {
+                    what: "unexpected cell command from the next hop",
+                })
+            }
+        }
+        self.circ.handle_backward(cell.body_mut())?;
+        cell.set_circ_id(self.prev_id);
+        // Toward the client every cell is RELAY (RELAY_EARLY only goes forward).
+        cell.set_cmd(ChanCmd::Relay);
+        self.send_prev(cell).await;
+        Ok(Flow::Continue)
+    }
+
+    fn start_extend(&mut self, req: Box<ExtendRequest>) {
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move { extend(shared, req).await });
+        self.next = Next::Pending(AbortOnDrop(task));
+    }
+
+    fn on_extended(&mut self, res: Result<Extended, DestroyReason>) -> Result<Flow, CircError> {
+        match res {
+            Ok(ext) => {
+                self.circ.extended(&ext.created)?;
+                self.next = Next::Open {
+                    chan: ext.chan,
+                    id: ext.id,
+                    rx: ext.rx,
+                };
+                Ok(Flow::Continue)
+            }
+            Err(reason) => {
+                self.next = Next::None;
+                Ok(Flow::Stop(Stop::Both(reason)))
+            }
+        }
+    }
+
+    fn begin(
+        &mut self,
+        stream: StreamId,
+        target: Target,
+        flags: BeginFlags,
+    ) -> Result<(), CircError> {
+        let Some(settings) = self.shared.exit.clone() else {
+            return self.circ.stream_refused(stream, EndReason::ExitPolicy);
+        };
+        self.shared
+            .stats
+            .streams_total
+            .fetch_add(1, Ordering::Relaxed);
+        let events = self.events_tx.clone();
+        let task = tokio::spawn(async move {
+            let ev = match exit::connect(&target, flags, &settings).await {
+                Ok((sock, addr)) => StreamEvent::Connected { stream, sock, addr },
+                Err(reason) => {
+                    debug!(
+                        dest = %crate::redact::sensitive_dest(&target.host.to_string(), target.port.get()),
+                        "stream refused: {reason:?}"
+                    );
+                    StreamEvent::Refused { stream, reason }
+                }
+            };
+            let _ = events.send(ev).await;
+        });
+        self.streams.insert(stream, ExitStream::connecting(task));
+        Ok(())
+    }
+
+    fn write_to_stream(&mut self, stream: StreamId, msg: WriteMsg) -> Result<(), CircError> {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Ok(());
+        };
+        let Some(tx) = &s.writer_tx else {
+            return Ok(());
+        };
+        match tx.try_send(msg) {
+            Ok(()) => {
+                if WRITE_QUEUE - tx.capacity() > XOFF_AT
+                    && !s.xoff_sent.swap(true, Ordering::AcqRel)
+                {
+                    self.circ.send_flow_control(stream, true)?;
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The client ignored XOFF: end the stream rather than buffer without bound.
+                self.streams.remove(&stream);
+                self.circ.send_end(stream, EndReason::ResourceLimit)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.streams.remove(&stream);
+                self.circ.send_end(stream, EndReason::ConnReset)
+            }
+        }
+    }
+
+    fn on_stream_event(&mut self, ev: StreamEvent) -> Result<Flow, CircError> {
+        match ev {
+            StreamEvent::Connected { stream, sock, addr } => self.connected(stream, sock, addr)?,
+            StreamEvent::Refused { stream, reason } => {
+                self.streams.remove(&stream);
+                self.circ.stream_refused(stream, reason)?;
+            }
+            StreamEvent::Data {
+                stream,
+                chunk,
+                permit,
+            } => self.push_pending(
+                stream,
+                Pending::Data {
+                    chunk,
+                    off: 0,
+                    _permit: permit,
+                },
+            ),
+            StreamEvent::Eof { stream } => self.push_pending(stream, Pending::Fin),
+            StreamEvent::Failed { stream } => {
+                self.push_pending(stream, Pending::End(EndReason::ConnReset))
+            }
+            StreamEvent::Drained { stream } => {
+                if self.streams.contains_key(&stream) {
+                    self.circ.send_flow_control(stream, false)?;
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn push_pending(&mut self, stream: StreamId, p: Pending) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if s.pending.is_empty() {
+                self.ready.push_back(stream);
+            }
+            s.pending.push_back(p);
+        }
+    }
+
+    fn connected(
+        &mut self,
+        stream: StreamId,
+        sock: tokio::net::TcpStream,
+        addr: IpAddr,
+    ) -> Result<(), CircError> {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            // The client ended the stream while we connected: the socket just closes.
+            return Ok(());
+        };
+        let (rd, wr) = sock.into_split();
+        let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+        let permits = Arc::new(Semaphore::new(READ_PERMITS));
+        let reader = tokio::spawn(exit::reader(stream, rd, permits, self.events_tx.clone()));
+        let writer = tokio::spawn(exit::writer(
+            stream,
+            wr,
+            wrx,
+            s.xoff_sent.clone(),
+            self.events_tx.clone(),
+        ));
+        s.writer_tx = Some(wtx);
+        s._tasks = vec![AbortOnDrop(reader), AbortOnDrop(writer)];
+        // The address is not told to the client: it could reveal the exit's resolver view.
+        let _ = addr;
+        self.circ.stream_connected(stream, None, 60)
+    }
+
+    /// Charges or releases the memory this circuit holds in queues (cells waiting in its
+    /// channel queues, destination data waiting for congestion control).
+    fn update_quota(&mut self) {
+        let mut bytes = self.prev_rx.len() * CELL_LEN;
+        if let Next::Open { rx, .. } = &self.next {
+            bytes += rx.len() * CELL_LEN;
+        }
+        for s in self.streams.values() {
+            for p in &s.pending {
+                if let Pending::Data { chunk, off, .. } = p {
+                    bytes += chunk.len() - off;
+                }
+            }
+            if let Some(tx) = &s.writer_tx {
+                bytes += (WRITE_QUEUE - tx.capacity()) * CELL_LEN;
+            }
+        }
+        if bytes != self.quota_charged {
+            self.shared
+                .quota_update(self.serial, self.quota_charged, bytes, Instant::now());
+            self.quota_charged = bytes;
+        }
+    }
+}
+
+/// What to do after an event.
+enum Flow {
+    Continue,
+    Stop(Stop),
+}
+
+/// Something from the next hop's side.
+// Cells are the common case: boxing them would allocate per cell.
+#[allow(clippy::large_enum_variant)]
+enum NextEvent {
+    /// The extension finished.
+    Extended(Result<Extended, DestroyReason>),
+    /// A cell, or `None` when the next hop's channel closed.
+    Cell(Option<Cell>),
+}
+
+/// Waits for the extension result or the next hop's next cell (forever when neither can
+/// come).
+async fn next_event(next: &mut Next) -> NextEvent {
+    match next {
+        Next::Pending(task) => NextEvent::Extended(match (&mut task.0).await {
+            Ok(r) => r,
+            Err(_) => Err(DestroyReason::Internal),
+        }),
+        Next::Open { rx, .. } => NextEvent::Cell(rx.recv().await),
+        Next::None => std::future::pending().await,
+    }
+}
+
+/// Connects to the next relay (or reuses a channel), sends CREATE and waits for CREATED.
+async fn extend(shared: Arc<Shared>, req: Box<ExtendRequest>) -> Result<Extended, DestroyReason> {
+    let timeout: Duration = shared.extend_timeout;
+    let addrs: Vec<std::net::SocketAddr> = req
+        .ipv4
+        .map(std::net::SocketAddr::V4)
+        .into_iter()
+        .chain(req.ipv6.map(std::net::SocketAddr::V6))
+        .collect();
+    let chan = match tokio::time::timeout(
+        timeout,
+        shared.chanmgr.get(req.identity, &addrs, req.link_key),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => return Err(DestroyReason::ConnectFailed),
+        Err(_) => return Err(DestroyReason::Timeout),
+    };
+    let (id, mut rx) = chan
+        .open_circuit()
+        .await
+        .map_err(|_| DestroyReason::ConnectFailed)?;
+    if chan
+        .send(Cell::with_body(id, ChanCmd::Create, &req.create_body))
+        .await
+        .is_err()
+    {
+        chan.release(id).await;
+        return Err(DestroyReason::ConnectFailed);
+    }
+    let reply = tokio::time::timeout(timeout, rx.recv()).await;
+    match reply {
+        Ok(Some(cell)) if cell.cmd() == ChanCmd::Created => Ok(Extended {
+            chan,
+            id,
+            rx,
+            created: Box::new(*cell.body()),
+        }),
+        Ok(Some(cell)) if cell.cmd() == ChanCmd::Destroy => {
+            chan.release(id).await;
+            Err(DestroyReason::ConnectFailed)
+        }
+        Ok(Some(_)) => {
+            chan.destroy(id, DestroyReason::Protocol).await;
+            Err(DestroyReason::Protocol)
+        }
+        Ok(None) => Err(DestroyReason::ConnectFailed),
+        Err(_) => {
+            chan.destroy(id, DestroyReason::Timeout).await;
+            Err(DestroyReason::Timeout)
+        }
+    }
+}
