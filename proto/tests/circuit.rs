@@ -509,3 +509,24 @@ fn relay_refuses_offers_below_its_prices() {
     assert_eq!(who, "relay 1 accept");
     assert!(matches!(err, CircError::PriceTooLow));
 }
+
+#[test]
+fn both_edges_use_the_sendme_increment_the_exit_confirmed() {
+    // The client asks for 31; the relays only allow 20. If either edge kept 31, SENDMEs
+    // would acknowledge the wrong cells and the transfer would fail.
+    let policy = RelayPolicy {
+        sendme_inc_range: (20, 20),
+        ..RelayPolicy::default()
+    };
+    let mut net = Net::new(11, policy);
+    net.pump();
+    assert!(net.client.is_open(), "{:?}", net.failed);
+    assert_eq!(net.client.cc().params().sendme_inc, 20);
+    assert_eq!(net.exit().cc().params().sendme_inc, 20);
+    let s = net.open_stream();
+    let up = random_bytes(&mut net.rng, 1 << 20);
+    let down = random_bytes(&mut net.rng, 1 << 20);
+    net.transfer(s, &up, &down);
+    assert!(bytes_of(&net.apps.at_exit, s) == up.as_slice());
+    assert!(bytes_of(&net.apps.at_client, s) == down.as_slice());
+}

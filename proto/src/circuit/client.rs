@@ -41,10 +41,9 @@ pub struct HopTarget {
 /// Client-side settings of a circuit.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Congestion-control parameters for data the client sends.
+    /// Congestion-control parameters for data the client sends; `vegas.sendme_inc` is the
+    /// SENDME increment the client asks for (the exit may clamp it).
     pub vegas: VegasParams,
-    /// Cells between SENDMEs (both directions).
-    pub sendme_inc: u8,
     /// Most streams open at once on this circuit.
     pub max_streams: usize,
 }
@@ -53,7 +52,6 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             vegas: VegasParams::default(),
-            sendme_inc: crate::cc::DEFAULT_SENDME_INC,
             max_streams: 1024,
         }
     }
@@ -158,6 +156,8 @@ pub struct ClientCircuit {
     queue: VecDeque<Queued>,
     streams: StreamTable,
     next_stream: u16,
+    /// Congestion-control parameters; `sendme_inc` is replaced by the exit's confirmed value.
+    vegas: VegasParams,
     /// Congestion control of data toward the exit.
     cc: Vegas,
     /// Tags the exit's next SENDMEs must carry, oldest first.
@@ -209,8 +209,9 @@ impl ClientCircuit {
             streams: StreamTable::new(config.max_streams),
             next_stream: 1,
             cc: Vegas::new(config.vegas.clone()),
+            vegas: config.vegas.clone(),
             expected_sendmes: VecDeque::new(),
-            sendme_rx: SendmeSchedule::new(config.sendme_inc),
+            sendme_rx: SendmeSchedule::new(config.vegas.sendme_inc),
             handshakes,
             path,
         };
@@ -509,7 +510,23 @@ impl ClientCircuit {
         self.crypto.add_hop(&keys)?;
         self.terms.push(terms);
         let open = hop + 1 == self.path.len();
-        if !open {
+        if open {
+            // The exit is the other edge of congestion control: use the SENDME increment
+            // it confirmed (it may have clamped ours), so both count the same cells.
+            let inc = ext
+                .congestion_control()
+                .map_or(crate::cc::DEFAULT_SENDME_INC, |c| c.sendme_inc);
+            if inc == 0 {
+                return Err(CircError::Protocol {
+                    what: "exit confirmed a SENDME increment of 0",
+                });
+            }
+            self.cc = Vegas::new(VegasParams {
+                sendme_inc: inc,
+                ..self.vegas.clone()
+            });
+            self.sendme_rx = SendmeSchedule::new(inc);
+        } else {
             self.extend_to(hop + 1)?;
         }
         Ok(ClientEvent::HopAdded { hop, terms, open })
@@ -567,7 +584,7 @@ fn start_handshake<R: CryptoRng + ?Sized>(
     let mut ext = Extensions::new();
     ext.set_payment_offer(Some(target.offer))
         .set_congestion_control(Some(CongestionControl {
-            sendme_inc: config.sendme_inc,
+            sendme_inc: config.vegas.sendme_inc,
         }));
     client_handshake(rng, &target.identity, &target.onion_key, &ext.encode())
         .map_err(|source| CircError::Handshake { hop, source })

@@ -235,7 +235,11 @@ impl RelayCircuit {
             next: Next::None,
             streams: StreamTable::new(policy.max_streams),
             queue: VecDeque::new(),
-            cc: Vegas::new(policy.vegas.clone()),
+            // Both edges must agree on which cells a SENDME acknowledges.
+            cc: Vegas::new(VegasParams {
+                sendme_inc,
+                ..policy.vegas.clone()
+            }),
             expected_sendmes: VecDeque::new(),
             sendme_rx: SendmeSchedule::new(sendme_inc),
             cells_forward: 0,
