@@ -27,6 +27,8 @@ use crate::runtime::Shared;
 const STREAM_EVENTS: usize = 64;
 /// Cells handled between two updates of the memory accounting.
 const QUOTA_EVERY: u32 = 64;
+/// Longest time between two updates of the memory accounting of a busy or idle circuit.
+const QUOTA_TICK: Duration = Duration::from_millis(500);
 
 /// Aborts a task when dropped (exit stream tasks, extend attempts).
 struct AbortOnDrop<T>(JoinHandle<T>);
@@ -172,6 +174,8 @@ impl CircuitTask {
     }
 
     async fn run_inner(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Stop {
+        let mut quota_tick = tokio::time::interval(QUOTA_TICK);
+        quota_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
                 return Stop::Both(DestroyReason::Hibernating);
@@ -189,6 +193,10 @@ impl CircuitTask {
                     NextEvent::Cell(Some(cell)) => self.on_next(cell).await,
                     NextEvent::Cell(None) => return Stop::FromNext,
                 },
+                _ = quota_tick.tick() => {
+                    self.since_quota = QUOTA_EVERY;
+                    Ok(Flow::Continue)
+                }
                 ev = self.events_rx.recv() => match ev {
                     Some(ev) => self.on_stream_event(ev),
                     // We hold a sender: never closes.
@@ -216,7 +224,7 @@ impl CircuitTask {
                 return Stop::Both(e.destroy_reason());
             }
             self.since_quota += 1;
-            if self.since_quota >= QUOTA_EVERY || self.prev_rx.is_empty() {
+            if self.since_quota >= QUOTA_EVERY {
                 self.since_quota = 0;
                 self.update_quota();
             }

@@ -24,8 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config(boot: &[String], exit: bool, allow_private: bool) -> RelayConfig {
-    let mut c = RelayConfig::default();
-    c.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut c = RelayConfig {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        ..RelayConfig::default()
+    };
     c.dht.bootstrap = boot.to_vec();
     c.exit.enabled = exit;
     c.exit.policy.allow_private_destinations = allow_private;
@@ -464,4 +466,52 @@ async fn descriptor_is_served_on_the_or_port_and_published_in_the_dht() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(r.stats().descriptor_puts >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_creations_beyond_the_burst_are_refused() {
+    let testnet = Testnet::builder(4).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&testnet.bootstrap, false, false);
+    cfg.limits.circuit_rate = 1;
+    cfg.limits.circuit_burst = 2;
+    let opts = RuntimeOptions {
+        worker_threads: Some(1),
+        publish: false,
+        ..RuntimeOptions::default()
+    };
+    let r = start_relay_with(cfg, dir.path().join("r"), opts)
+        .await
+        .unwrap();
+    // Two one-hop circuits fit in the burst.
+    let a = Client::build(&[&r]).await;
+    let b = Client::build(&[&r]).await;
+    assert!(a.circ.is_open() && b.circ.is_open());
+    // The third CREATE from the same address is refused with DESTROY(ResourceLimit).
+    let d = r.descriptor();
+    let chan = connect(
+        r.or_addr(),
+        r.identity(),
+        d.body().link_key.0,
+        &ChannelConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (id, mut rx) = chan.open_circuit().await.unwrap();
+    let (_circ, create) =
+        ClientCircuit::new(&mut rand::rng(), vec![hop(&d)], ClientConfig::default()).unwrap();
+    chan.send(Cell::with_body(id, ChanCmd::Create, &create))
+        .await
+        .unwrap();
+    let cell = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cell.cmd(), ChanCmd::Destroy);
+    assert_eq!(
+        cell.as_destroy().unwrap().reason,
+        onionvpn_proto::cell::DestroyReason::ResourceLimit
+    );
+    assert_eq!(r.stats().circuits_refused, 1);
+    assert_eq!(r.stats().circuits_open, 2);
 }
