@@ -404,7 +404,8 @@ struct CircQueue {
 /// [`release`](MemQuota::release) them when the cells leave (oldest first: a queue is FIFO).
 /// When the total passes the limit, [`reclaim`](MemQuota::reclaim) names the circuits to kill:
 /// those whose oldest queued byte is oldest go first, until the total is at most 90 % of the
-/// limit. The named circuits are dropped from the accounting.
+/// limit. The named circuits are dropped from the accounting. Call
+/// [`remove`](MemQuota::remove) when a circuit closes.
 #[derive(Debug, Clone)]
 pub struct MemQuota<K> {
     limit: usize,
@@ -497,9 +498,8 @@ impl<K: Eq + Hash + Clone> MemQuota<K> {
         }
         q.bytes -= freed;
         self.total -= freed;
-        if q.bytes == 0 {
-            self.circuits.remove(circuit);
-        }
+        // The entry (and its queue's allocation) stays until `remove`: a circuit whose queue
+        // empties and refills on every cell costs no allocation.
     }
 
     /// The circuit closed: its queue is gone. Returns the bytes it held.
