@@ -1,1 +1,297 @@
-//! Shared helpers for onionvpn's cross-crate integration tests (see `tests/`).
+//! Shared helpers for onionvpn's cross-crate integration tests, the `onionvpn-localnet`
+//! command and the `onionvpn-bench` harness: a whole local network on loopback (a mainline
+//! DHT testnet, relays, an HTTP server with test content, a client), a SOCKS5 client and
+//! HTTP helpers.
+
+pub mod http;
+pub mod rawlink;
+pub mod socksc;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mainline::Testnet;
+use onionvpn_client::config::{ClientConfig, NetworkChoice};
+use onionvpn_client::{start_client_with, ClientHandle, RuntimeOptions as ClientOptions};
+use onionvpn_directory::descriptor::Prices;
+use onionvpn_relay::config::DefaultAction;
+use onionvpn_relay::{start_relay_with, RelayConfig, RelayHandle, RuntimeOptions as RelayOptions};
+
+pub use http::{start_http, HttpServer};
+
+/// Name of the overlay network the local network runs.
+pub const LOCAL_NETWORK: &str = "localnet";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LocalNetConfig {
+    /// Relays (at least 6 in the tests).
+    pub relays: usize,
+    /// How many of them are exits allowed to reach loopback.
+    pub exits: usize,
+    /// DHT testnet nodes.
+    pub dht_nodes: usize,
+    /// Start a client (hops, SOCKS address) or not.
+    pub client: Option<(u8, SocketAddr)>,
+    /// Start the HTTP server on this address.
+    pub http: Option<SocketAddr>,
+    /// Where relay and client state goes (a temporary directory if `None`).
+    pub dir: Option<PathBuf>,
+    /// Worker threads per relay runtime (`None`: one per core).
+    pub relay_threads: Option<usize>,
+}
+
+impl Default for LocalNetConfig {
+    fn default() -> Self {
+        LocalNetConfig {
+            relays: 6,
+            exits: 2,
+            dht_nodes: 10,
+            client: Some((3, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))),
+            http: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
+            dir: None,
+            relay_threads: Some(2),
+        }
+    }
+}
+
+/// Why the local network did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalNetError {
+    /// I/O (temporary directory, HTTP server, DHT testnet).
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    /// A relay did not start.
+    #[error("relay {0}: {1}")]
+    Relay(usize, onionvpn_relay::RelayError),
+    /// Relays did not publish in time.
+    #[error("relays did not publish their descriptors within {0:?}")]
+    Publish(Duration),
+    /// The client did not start or build a circuit.
+    #[error("client: {0}")]
+    Client(#[from] onionvpn_client::ClientError),
+}
+
+/// A running local network.
+pub struct LocalNet {
+    /// The DHT testnet (its nodes stop when dropped).
+    pub testnet: Testnet,
+    relays: Vec<Option<RelayHandle>>,
+    identities: Vec<[u8; 32]>,
+    /// The HTTP server.
+    pub http: Option<HttpServer>,
+    /// The client.
+    pub client: Option<ClientHandle>,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for LocalNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNet")
+            .field("relays", &self.relays.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The relay configuration the local network uses for relay `i`.
+pub fn relay_config(
+    i: usize,
+    exit: bool,
+    bootstrap: &[String],
+    dir: &std::path::Path,
+) -> RelayConfig {
+    let mut c = RelayConfig {
+        data_dir: dir.join(format!("relay{i}")),
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        ..RelayConfig::default()
+    };
+    c.dht.bootstrap = bootstrap.to_vec();
+    c.network.name = LOCAL_NETWORK.to_owned();
+    // Free relays: payments are not part of the local network yet.
+    c.prices.msat_per_mib = 0;
+    c.prices.msat_per_min = 0;
+    c.exit.enabled = exit;
+    c.exit.policy.rules = vec!["accept 1-65535".to_owned()];
+    c.exit.policy.default = DefaultAction::Accept;
+    c.exit.policy.allow_private_destinations = exit;
+    // One client on loopback builds many circuits (benchmarks build hundreds).
+    c.limits.circuit_rate = 10_000;
+    c.limits.circuit_burst = 10_000;
+    c
+}
+
+/// The client configuration the local network uses.
+pub fn client_config(
+    hops: u8,
+    socks: SocketAddr,
+    bootstrap: &[String],
+    data_dir: PathBuf,
+) -> ClientConfig {
+    ClientConfig {
+        hops,
+        socks,
+        data_dir,
+        bootstrap: bootstrap.to_vec(),
+        network: NetworkChoice::Public(LOCAL_NETWORK.to_owned()),
+        price_cap: Prices {
+            msat_per_mib: 2_000,
+            msat_per_min: 100,
+        },
+        budget_msat: 1_000_000,
+        log_sensitive: false,
+    }
+}
+
+/// Client runtime options for a loopback network (short DHT timeouts).
+pub fn client_options() -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.dht_request_timeout = Duration::from_millis(300);
+    o.discovery.deadline = Duration::from_secs(15);
+    o
+}
+
+impl LocalNet {
+    /// Starts the DHT testnet, the relays (exits first), waits until every relay published
+    /// its descriptor, then the HTTP server and the client (waiting for its first circuit).
+    pub async fn start(cfg: LocalNetConfig) -> Result<LocalNet, LocalNetError> {
+        let (dir, tmp) = match &cfg.dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t =
+                    tempfile::tempdir().map_err(|e| LocalNetError::Io("temporary directory", e))?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        let testnet = Testnet::builder(cfg.dht_nodes.max(2))
+            .build()
+            .map_err(|e| LocalNetError::Io("DHT testnet", e))?;
+        let mut relays = Vec::new();
+        let mut identities = Vec::new();
+        for i in 0..cfg.relays {
+            let rc = relay_config(i, i < cfg.exits, &testnet.bootstrap, &dir);
+            let data_dir = rc.data_dir.clone();
+            let opts = RelayOptions {
+                worker_threads: cfg.relay_threads,
+                ..RelayOptions::default()
+            };
+            let r = start_relay_with(rc, data_dir, opts)
+                .await
+                .map_err(|e| LocalNetError::Relay(i, e))?;
+            identities.push(r.identity());
+            relays.push(Some(r));
+        }
+        let limit = Duration::from_secs(30);
+        let start = Instant::now();
+        while relays
+            .iter()
+            .flatten()
+            .any(|r| r.stats().descriptor_puts == 0)
+        {
+            if start.elapsed() > limit {
+                return Err(LocalNetError::Publish(limit));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let http = match cfg.http {
+            Some(a) => Some(
+                start_http(a)
+                    .await
+                    .map_err(|e| LocalNetError::Io("HTTP server", e))?,
+            ),
+            None => None,
+        };
+        let mut net = LocalNet {
+            testnet,
+            relays,
+            identities,
+            http,
+            client: None,
+            dir,
+            _tmp: tmp,
+        };
+        if let Some((hops, socks)) = cfg.client {
+            let client = net
+                .start_client("client", hops, socks, client_options())
+                .await?;
+            client.wait_ready(Duration::from_secs(60)).await?;
+            net.client = Some(client);
+        }
+        Ok(net)
+    }
+
+    /// Starts another client on this network (state under `name` in the network's directory).
+    pub async fn start_client(
+        &self,
+        name: &str,
+        hops: u8,
+        socks: SocketAddr,
+        opts: ClientOptions,
+    ) -> Result<ClientHandle, LocalNetError> {
+        let c = client_config(hops, socks, &self.testnet.bootstrap, self.dir.join(name));
+        Ok(start_client_with(c, opts).await?)
+    }
+
+    /// The client (panics in tests if none was started; use `client` otherwise).
+    pub fn the_client(&self) -> Option<&ClientHandle> {
+        self.client.as_ref()
+    }
+
+    /// The SOCKS address of the client.
+    pub fn socks_addr(&self) -> Option<SocketAddr> {
+        self.client.as_ref().map(ClientHandle::socks_addr)
+    }
+
+    /// The HTTP server's address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr)
+    }
+
+    /// Relays still running.
+    pub fn relays(&self) -> impl Iterator<Item = &RelayHandle> {
+        self.relays.iter().flatten()
+    }
+
+    /// Identity of relay `i` (as started).
+    pub fn identity(&self, i: usize) -> Option<[u8; 32]> {
+        self.identities.get(i).copied()
+    }
+
+    /// Kills the relay with this identity abruptly ([`RelayHandle::kill`]); false if unknown.
+    pub fn kill_relay(&mut self, identity: &[u8; 32]) -> bool {
+        for r in &mut self.relays {
+            if r.as_ref().is_some_and(|h| &h.identity() == identity) {
+                if let Some(h) = r.take() {
+                    h.kill();
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Stops the client, then every relay, cleanly.
+    pub async fn shutdown(mut self) {
+        if let Some(c) = self.client.take() {
+            c.shutdown().await;
+        }
+        for r in self.relays.iter_mut() {
+            if let Some(h) = r.take() {
+                h.shutdown().await;
+            }
+        }
+        if let Some(h) = &self.http {
+            h.stop();
+        }
+    }
+}
+
+/// CPU time used by this whole process so far (every thread, including finished ones).
+pub fn process_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
