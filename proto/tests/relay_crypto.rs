@@ -584,7 +584,7 @@ proptest! {
 
 /// `x · H` in GHASH's field: GHASH_H over the single block `x`.
 fn ghash_mul_h(h: &[u8; 16], x: &[u8; 16]) -> [u8; 16] {
-    use ghash::universal_hash::{KeyInit, UniversalHash};
+    use ghash::universal_hash::UniversalHash;
     let mut g = ghash::GHash::new(&(*h).into());
     g.update(&[(*x).into()]);
     g.finalize().into()
