@@ -146,8 +146,10 @@ pub fn client_config(
 
 /// Client runtime options for a loopback network (short DHT timeouts).
 pub fn client_options() -> ClientOptions {
-    let mut o = ClientOptions::default();
-    o.dht_request_timeout = Duration::from_millis(300);
+    let mut o = ClientOptions {
+        dht_request_timeout: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
     o.discovery.deadline = Duration::from_secs(15);
     o
 }
