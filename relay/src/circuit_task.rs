@@ -27,6 +27,8 @@ use crate::runtime::Shared;
 const STREAM_EVENTS: usize = 64;
 /// Cells handled between two updates of the memory accounting.
 const QUOTA_EVERY: u32 = 64;
+/// Cells taken from one queue in a row before looking at the others again.
+const BATCH: usize = 32;
 /// Longest time between two updates of the memory accounting of a busy or idle circuit.
 const QUOTA_TICK: Duration = Duration::from_millis(500);
 
@@ -185,12 +187,12 @@ impl CircuitTask {
                 _ = self.kill.notified() => return Stop::Both(DestroyReason::ResourceLimit),
                 _ = shutdown.changed() => return Stop::Both(DestroyReason::Hibernating),
                 cell = self.prev_rx.recv() => match cell {
-                    Some(cell) => self.on_prev(cell).await,
+                    Some(cell) => self.on_prev_batch(cell).await,
                     None => return Stop::FromPrev,
                 },
                 ev = next_event(&mut self.next) => match ev {
                     NextEvent::Extended(res) => self.on_extended(res),
-                    NextEvent::Cell(Some(cell)) => self.on_next(cell).await,
+                    NextEvent::Cell(Some(cell)) => self.on_next_batch(cell).await,
                     NextEvent::Cell(None) => return Stop::FromNext,
                 },
                 _ = quota_tick.tick() => {
@@ -294,6 +296,41 @@ impl CircuitTask {
             .stats
             .cells_backward
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handles `first` and up to [`BATCH`]` - 1` more cells already queued from the previous
+    /// hop, without going back through `select!` for each.
+    async fn on_prev_batch(&mut self, first: Cell) -> Result<Flow, CircError> {
+        let mut cell = first;
+        for _ in 1..BATCH {
+            if let Flow::Stop(s) = self.on_prev(cell).await? {
+                return Ok(Flow::Stop(s));
+            }
+            match self.prev_rx.try_recv() {
+                Ok(c) => cell = c,
+                Err(_) => return Ok(Flow::Continue),
+            }
+        }
+        self.on_prev(cell).await
+    }
+
+    /// Like [`Self::on_prev_batch`], for cells from the next hop.
+    async fn on_next_batch(&mut self, first: Cell) -> Result<Flow, CircError> {
+        let mut cell = first;
+        for _ in 1..BATCH {
+            if let Flow::Stop(s) = self.on_next(cell).await? {
+                return Ok(Flow::Stop(s));
+            }
+            let next = match &mut self.next {
+                Next::Open { rx, .. } => rx.try_recv().ok(),
+                _ => None,
+            };
+            match next {
+                Some(c) => cell = c,
+                None => return Ok(Flow::Continue),
+            }
+        }
+        self.on_next(cell).await
     }
 
     async fn on_prev(&mut self, mut cell: Cell) -> Result<Flow, CircError> {

@@ -188,11 +188,15 @@ impl Client {
             std::net::IpAddr::V4(v4) => v4,
             _ => unreachable!(),
         };
+        self.begin_host(Host::V4(ip), addr.port()).await
+    }
+
+    async fn begin_host(&mut self, host: Host, port: u16) -> StreamId {
         let s = self
             .circ
             .begin_stream(Target {
-                host: Host::V4(ip),
-                port: NonZeroU16::new(addr.port()).unwrap(),
+                host,
+                port: NonZeroU16::new(port).unwrap(),
             })
             .unwrap();
         self.connected = false;
@@ -514,4 +518,27 @@ async fn circuit_creations_beyond_the_burst_are_refused() {
     );
     assert_eq!(r.stats().circuits_refused, 1);
     assert_eq!(r.stats().circuits_open, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostnames_resolve_at_the_exit_and_the_resolved_address_is_checked() {
+    let echo = echo_server().await;
+    let localhost = || Host::Name("localhost".parse().unwrap());
+    // Allowed to reach loopback: "localhost" resolves at the exit and connects.
+    let net = network(true).await;
+    let rs: Vec<&RelayHandle> = net.relays.iter().collect();
+    let mut c = Client::build(&rs).await;
+    let s = c.begin_host(localhost(), echo.port()).await;
+    c.until(|c| c.connected || c.ended.is_some()).await;
+    assert!(c.connected, "refused: {:?}", c.ended);
+    assert_eq!(c.echo(s, b"resolved").await, b"resolved");
+    drop(c);
+    drop(net);
+    // Default policy: the name passes the port rules, but its address is loopback.
+    let net = network(false).await;
+    let rs: Vec<&RelayHandle> = net.relays.iter().collect();
+    let mut c = Client::build(&rs).await;
+    c.begin_host(localhost(), echo.port()).await;
+    c.until(|c| c.connected || c.ended.is_some()).await;
+    assert_eq!(c.ended, Some(EndReason::ExitPolicy));
 }
