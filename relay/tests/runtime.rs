@@ -10,7 +10,7 @@ use mainline::{Dht, Testnet};
 use onionvpn_chan::{connect, ChannelConfig, ChannelHandle, CircuitRx};
 use onionvpn_directory::dht::{DescriptorFetcher, TcpFetcher};
 use onionvpn_directory::{Descriptor, UncheckedDescriptor};
-use onionvpn_proto::cell::{Cell, ChanCmd, CircId};
+use onionvpn_proto::cell::{Cell, ChanCmd, CircId, DestroyReason};
 use onionvpn_proto::circuit::{ClientCircuit, ClientConfig, ClientEvent, HopTarget};
 use onionvpn_proto::consts::CELL_LEN;
 use onionvpn_proto::crypto::handshake::OnionPublicKey;
@@ -99,11 +99,20 @@ struct Client {
     fin: bool,
     ended: Option<EndReason>,
     destroyed: bool,
+    destroy_reason: Option<DestroyReason>,
 }
 
 impl Client {
     async fn build(relays: &[&RelayHandle]) -> Client {
         let path: Vec<HopTarget> = relays.iter().map(|r| hop(&r.descriptor())).collect();
+        let mut c = Client::start(relays[0], path).await;
+        c.until(|c| c.circ.is_open()).await;
+        c
+    }
+
+    /// Sends the CREATE for `path` through `guard`; the build goes on in `step`.
+    async fn start(guard: &RelayHandle, path: Vec<HopTarget>) -> Client {
+        let relays = [guard];
         let first = &path[0];
         let chan = connect(
             relays[0].or_addr(),
@@ -119,7 +128,7 @@ impl Client {
         chan.send(Cell::with_body(id, ChanCmd::Create, &create))
             .await
             .unwrap();
-        let mut c = Client {
+        let c = Client {
             chan,
             id,
             rx,
@@ -129,8 +138,8 @@ impl Client {
             fin: false,
             ended: None,
             destroyed: false,
+            destroy_reason: None,
         };
-        c.until(|c| c.circ.is_open()).await;
         c
     }
 
@@ -168,7 +177,10 @@ impl Client {
                     _ => {}
                 }
             }
-            ChanCmd::Destroy => self.destroyed = true,
+            ChanCmd::Destroy => {
+                self.destroyed = true;
+                self.destroy_reason = Some(cell.as_destroy().unwrap().reason);
+            }
             other => panic!("unexpected {other:?}"),
         }
         true
@@ -541,4 +553,32 @@ async fn hostnames_resolve_at_the_exit_and_the_resolved_address_is_checked() {
     c.begin_host(localhost(), echo.port()).await;
     c.until(|c| c.connected || c.ended.is_some()).await;
     assert_eq!(c.ended, Some(EndReason::ExitPolicy));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extending_to_an_unreachable_relay_destroys_the_circuit() {
+    let net = network(true).await;
+    let mut path: Vec<HopTarget> = net.relays.iter().map(|r| hop(&r.descriptor())).collect();
+    // The exit's keys, but an address where nothing listens.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    path[2].ipv4 = match dead {
+        SocketAddr::V4(v4) => Some(v4),
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    let mut c = Client::start(&net.relays[0], path).await;
+    let deadline = Instant::now() + WAIT;
+    while !c.destroyed {
+        assert!(Instant::now() < deadline, "no DESTROY");
+        c.step(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.circ.hops_built(), 2);
+    assert_eq!(c.destroy_reason, Some(DestroyReason::Destroyed));
+    // The middle relay sent ConnectFailed to the guard, which passed DESTROY(Destroyed) on.
+    let deadline = Instant::now() + WAIT;
+    while net.relays[0].stats().circuits_open + net.relays[1].stats().circuits_open != 0 {
+        assert!(Instant::now() < deadline, "circuits left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
