@@ -128,7 +128,7 @@ impl Client {
         chan.send(Cell::with_body(id, ChanCmd::Create, &create))
             .await
             .unwrap();
-        let c = Client {
+        Client {
             chan,
             id,
             rx,
@@ -139,8 +139,7 @@ impl Client {
             ended: None,
             destroyed: false,
             destroy_reason: None,
-        };
-        c
+        }
     }
 
     /// Sends what the circuit queued, then handles one incoming cell (or times out).
