@@ -100,6 +100,8 @@ struct Client {
     ended: Option<EndReason>,
     destroyed: bool,
     destroy_reason: Option<DestroyReason>,
+    /// Last XOFF (true) / XON (false) from the exit.
+    paused: Option<bool>,
 }
 
 impl Client {
@@ -139,6 +141,7 @@ impl Client {
             ended: None,
             destroyed: false,
             destroy_reason: None,
+            paused: None,
         }
     }
 
@@ -173,6 +176,7 @@ impl Client {
                     ClientEvent::Data { data, .. } => self.received.extend_from_slice(data),
                     ClientEvent::Fin { .. } => self.fin = true,
                     ClientEvent::End { reason, .. } => self.ended = Some(reason),
+                    ClientEvent::FlowControl { paused, .. } => self.paused = Some(paused),
                     _ => {}
                 }
             }
@@ -580,4 +584,74 @@ async fn extending_to_an_unreachable_relay_destroys_the_circuit() {
         assert!(Instant::now() < deadline, "circuits left open");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_sends_xoff_when_the_destination_stalls_and_xon_when_it_drains() {
+    // A destination that reads nothing until told to, then counts everything.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dest = l.local_addr().unwrap();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (count_tx, mut count_rx) = tokio::sync::mpsc::channel::<usize>(1024);
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let _ = go_rx.await;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = count_tx.send(n).await;
+                }
+            }
+        }
+    });
+    let net = network(true).await;
+    let rs: Vec<&RelayHandle> = net.relays.iter().collect();
+    let mut c = Client::build(&rs).await;
+    let s = c.begin(dest).await;
+    c.until(|c| c.connected).await;
+    let chunk = pattern(64 * 1024, 3);
+    let mut sent = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.paused != Some(true) {
+        assert!(Instant::now() < deadline, "no XOFF after {sent} bytes");
+        assert!(
+            c.ended.is_none() && !c.destroyed,
+            "stream closed: {:?}",
+            c.ended
+        );
+        while c.circ.can_send(s) {
+            sent += c.circ.send_data(s, &chunk[..1000], Instant::now()).unwrap();
+        }
+        c.step(Duration::from_millis(20)).await;
+    }
+    // Paused: the client must not send on the stream.
+    assert!(!c.circ.can_send(s));
+    // The destination starts reading: the exit drains its queue and sends XON.
+    go_tx.send(()).unwrap();
+    c.until(|c| c.paused == Some(false)).await;
+    assert!(c.ended.is_none());
+    // Everything sent before and after the pause arrives.
+    let more = 100_000;
+    let mut off = 0;
+    while off < more {
+        while off < more && c.circ.can_send(s) {
+            off += c
+                .circ
+                .send_data(s, &chunk[..(more - off).min(1000)], Instant::now())
+                .unwrap();
+        }
+        c.step(Duration::from_millis(20)).await;
+    }
+    let total = sent + more;
+    let mut got = 0usize;
+    while got < total {
+        c.step(Duration::from_millis(10)).await;
+        match tokio::time::timeout(WAIT, count_rx.recv()).await {
+            Ok(Some(n)) => got += n,
+            _ => panic!("destination got {got} of {total} bytes"),
+        }
+    }
+    assert_eq!(got, total);
 }
