@@ -33,11 +33,24 @@ const BATCH: usize = 32;
 const QUOTA_TICK: Duration = Duration::from_millis(500);
 
 /// Aborts a task when dropped (exit stream tasks, extend attempts).
-struct AbortOnDrop<T>(JoinHandle<T>);
+struct AbortOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    fn new(h: JoinHandle<T>) -> Self {
+        AbortOnDrop(Some(h))
+    }
+
+    /// The task, no longer aborted on drop.
+    fn into_inner(mut self) -> Option<JoinHandle<T>> {
+        self.0.take()
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }
 
@@ -88,7 +101,7 @@ impl ExitStream {
             writer_tx: None,
             xoff_sent: Arc::new(AtomicBool::new(false)),
             pending: VecDeque::new(),
-            _tasks: vec![AbortOnDrop(task)],
+            _tasks: vec![AbortOnDrop::new(task)],
         }
     }
 }
@@ -164,11 +177,22 @@ impl CircuitTask {
             Some(r) => self.prev.destroy(self.prev_id, r).await,
             None => self.prev.release(self.prev_id).await,
         }
-        if let Next::Open { chan, id, .. } = &self.next {
-            match to_next {
-                Some(r) => chan.destroy(*id, r).await,
-                None => chan.release(*id).await,
+        match std::mem::replace(&mut self.next, Next::None) {
+            Next::Open { chan, id, .. } => match to_next {
+                Some(r) => chan.destroy(id, r).await,
+                None => chan.release(id).await,
+            },
+            // An extension in flight: let it finish, then destroy what it built.
+            Next::Pending(task) => {
+                if let Some(h) = task.into_inner() {
+                    tokio::spawn(async move {
+                        if let Ok(Ok(ext)) = h.await {
+                            ext.chan.destroy(ext.id, DestroyReason::Destroyed).await;
+                        }
+                    });
+                }
             }
+            Next::None => {}
         }
         // Dropping the streams aborts their tasks and closes their sockets.
         self.streams.clear();
@@ -406,18 +430,19 @@ impl CircuitTask {
     fn start_extend(&mut self, req: Box<ExtendRequest>) {
         let shared = self.shared.clone();
         let task = tokio::spawn(async move { extend(shared, req).await });
-        self.next = Next::Pending(AbortOnDrop(task));
+        self.next = Next::Pending(AbortOnDrop::new(task));
     }
 
     fn on_extended(&mut self, res: Result<Extended, DestroyReason>) -> Result<Flow, CircError> {
         match res {
             Ok(ext) => {
-                self.circ.extended(&ext.created)?;
+                // Open first, so that an error below destroys the new hop too.
                 self.next = Next::Open {
                     chan: ext.chan,
                     id: ext.id,
                     rx: ext.rx,
                 };
+                self.circ.extended(&ext.created)?;
                 Ok(Flow::Continue)
             }
             Err(reason) => {
@@ -549,7 +574,7 @@ impl CircuitTask {
             self.events_tx.clone(),
         ));
         s.writer_tx = Some(wtx);
-        s._tasks = vec![AbortOnDrop(reader), AbortOnDrop(writer)];
+        s._tasks = vec![AbortOnDrop::new(reader), AbortOnDrop::new(writer)];
         // The address is not told to the client: it could reveal the exit's resolver view.
         let _ = addr;
         self.circ.stream_connected(stream, None, 60)
@@ -600,10 +625,11 @@ enum NextEvent {
 /// come).
 async fn next_event(next: &mut Next) -> NextEvent {
     match next {
-        Next::Pending(task) => NextEvent::Extended(match (&mut task.0).await {
+        Next::Pending(AbortOnDrop(Some(task))) => NextEvent::Extended(match task.await {
             Ok(r) => r,
             Err(_) => Err(DestroyReason::Internal),
         }),
+        Next::Pending(AbortOnDrop(None)) => std::future::pending().await,
         Next::Open { rx, .. } => NextEvent::Cell(rx.recv().await),
         Next::None => std::future::pending().await,
     }
