@@ -92,6 +92,9 @@ struct ExitStream {
     writer_tx: Option<mpsc::Sender<WriteMsg>>,
     xoff_sent: Arc<AtomicBool>,
     pending: VecDeque<Pending>,
+    /// The client sent FIN / we sent FIN: with both, the stream is over.
+    peer_fin: bool,
+    local_fin: bool,
     _tasks: Vec<AbortOnDrop<()>>,
 }
 
@@ -101,6 +104,8 @@ impl ExitStream {
             writer_tx: None,
             xoff_sent: Arc::new(AtomicBool::new(false)),
             pending: VecDeque::new(),
+            peer_fin: false,
+            local_fin: false,
             _tasks: vec![AbortOnDrop::new(task)],
         }
     }
@@ -292,6 +297,7 @@ impl CircuitTask {
                     Pending::Fin => {
                         self.circ.send_fin(sid)?;
                         s.pending.pop_front();
+                        s.local_fin = true;
                     }
                     Pending::End(reason) => {
                         self.circ.send_end(sid, *reason)?;
@@ -302,6 +308,8 @@ impl CircuitTask {
             }
             if ended {
                 self.streams.remove(&sid);
+            } else if s.local_fin && s.peer_fin {
+                finish(&mut self.streams, sid);
             } else if !s.pending.is_empty() {
                 self.ready.push_back(sid);
             }
@@ -396,7 +404,15 @@ impl CircuitTask {
                     .exit_bytes_written
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
-            FromClient::Fin { stream } => self.write_to_stream(stream, WriteMsg::Fin)?,
+            FromClient::Fin { stream } => {
+                self.write_to_stream(stream, WriteMsg::Fin)?;
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.peer_fin = true;
+                    if s.local_fin {
+                        finish(&mut self.streams, stream);
+                    }
+                }
+            }
             FromClient::End { stream, .. } => {
                 self.streams.remove(&stream);
             }
@@ -601,6 +617,16 @@ impl CircuitTask {
             self.shared
                 .quota_update(self.serial, self.quota_charged, bytes, Instant::now());
             self.quota_charged = bytes;
+        }
+    }
+}
+
+/// Forgets a stream finished both ways, letting its writer flush and shut down the socket.
+fn finish(streams: &mut HashMap<StreamId, ExitStream>, sid: StreamId) {
+    if let Some(s) = streams.remove(&sid) {
+        for t in s._tasks {
+            // Detached: the reader already saw EOF; the writer ends after the FIN.
+            let _ = t.into_inner();
         }
     }
 }
