@@ -665,11 +665,17 @@ impl Config {
 
     /// The addresses to publish: `advertised_addresses`, or the listen address if it is a
     /// specific address.
+    ///
+    /// A specific listen address with port 0 (e.g. `127.0.0.1:0`, for local use: tests, a
+    /// local network) is accepted: it is returned as is, and the runtime publishes the port
+    /// the listener actually bound. A wildcard listen address (`0.0.0.0`, `::`) needs
+    /// `advertised_addresses`, whatever its port: it says nothing about where clients can
+    /// reach the relay.
     pub fn advertised(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         if !self.advertised_addresses.is_empty() {
             return Ok(self.advertised_addresses.clone());
         }
-        if self.listen.ip().is_unspecified() || self.listen.port() == 0 {
+        if self.listen.ip().is_unspecified() {
             return Err(invalid(
                 "advertised_addresses",
                 "[]",
@@ -677,7 +683,11 @@ impl Config {
                     "a list of public addresses (required because listen = {} is not a \
                      specific address), e.g. [\"203.0.113.7:{}\"]",
                     self.listen,
-                    self.listen.port()
+                    if self.listen.port() == 0 {
+                        9001
+                    } else {
+                        self.listen.port()
+                    }
                 ),
             ));
         }
@@ -752,6 +762,20 @@ mod tests {
             "accept -5",
         ] {
             assert_eq!(parse_port_rule(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_specific_listen_address_with_port_0_is_accepted_for_local_use() {
+        let c = Config::parse("listen = \"127.0.0.1:0\"", Path::new("t")).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.advertised().unwrap(), vec![c.listen]);
+        // A wildcard address still needs advertised addresses, port 0 or not.
+        for listen in ["0.0.0.0:0", "[::]:0", "0.0.0.0:9001"] {
+            let c = Config::parse(&format!("listen = \"{listen}\""), Path::new("t")).unwrap();
+            let err = c.advertised().unwrap_err();
+            assert!(err.to_string().contains("advertised_addresses"), "{err}");
+            assert!(!err.to_string().contains(":0\"]"), "{err}");
         }
     }
 

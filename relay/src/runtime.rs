@@ -15,16 +15,17 @@ use std::time::{Duration, Instant};
 use onionvpn_chan::{accept, ChannelConfig, IncomingCreate};
 use onionvpn_directory::dht::{Served, DESCRIPTOR_REQUEST};
 use onionvpn_directory::Descriptor;
-use onionvpn_proto::cell::{Cell, ChanCmd, DestroyReason};
-use onionvpn_proto::circuit::{RelayCircuit, RelayKeys, RelayPolicy};
-use onionvpn_proto::crypto::handshake::{OnionSecretKey, ReplayCache};
+use onionvpn_proto::cell::{Cell, ChanCmd, Create, DestroyReason};
+use onionvpn_proto::circuit::{CircError, RelayCircuit, RelayKeys, RelayPolicy};
+use onionvpn_proto::consts::CELL_BODY_LEN;
+use onionvpn_proto::crypto::handshake::{OnionSecretKey, ReplayCache, KEY_LEN};
 use onionvpn_proto::link::LinkSecretKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::chanmgr::ChanMgr;
+use crate::chanmgr::{ChanMgr, ExtendPolicy};
 use crate::circuit_task::CircuitTask;
 use crate::config::{Config, ConfigError};
 use crate::exit::ExitSettings;
@@ -164,6 +165,11 @@ impl StatsInner {
         }
     }
 }
+
+/// Client ephemeral keys remembered against replayed CREATEs.
+const REPLAY_CAPACITY: usize = 65_536;
+/// How long a client ephemeral key is remembered.
+const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Per-source and global circuit limits.
 struct Limits {
@@ -412,7 +418,7 @@ async fn start_inner(
         identity: keys.identity_public().0,
         link: LinkSecretKey::from_bytes(*keys.link().to_bytes()),
         onion: RwLock::new(Arc::new(keys.onion().secrets().to_vec())),
-        replay: Mutex::new(ReplayCache::new(65_536, Duration::from_secs(3600))),
+        replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY, REPLAY_WINDOW)),
         policy: RelayPolicy {
             msat_per_mib: config.prices.msat_per_mib,
             msat_per_min: config.prices.msat_per_min,
@@ -425,7 +431,10 @@ async fn start_inner(
                 connect_timeout: opts.exit_connect_timeout,
             })
         }),
-        chanmgr: ChanMgr::new(opts.channel.clone()),
+        chanmgr: ChanMgr::with_policy(
+            opts.channel.clone(),
+            ExtendPolicy::for_listener(or_addr, config.exit.policy.allow_private_destinations),
+        ),
         extend_timeout: opts.extend_timeout,
         channel: opts.channel.clone(),
         stats: StatsInner::default(),
@@ -654,6 +663,51 @@ async fn create_loop(mut rx: mpsc::Receiver<IncomingCreate>, shared: Arc<Shared>
     }
 }
 
+/// The client's ephemeral public key `X` of a CREATE body, when its handshake is addressed
+/// to `identity` and one of `onion` (the cheap checks the handshake repeats). `None` for
+/// anything else: the handshake then fails on its own, with the precise error.
+///
+/// HDATA layout (docs/spec.md, circuit handshake): `ID (32) || B (32) || X (32) || ...`.
+fn create_ephemeral(
+    body: &[u8; CELL_BODY_LEN],
+    identity: &[u8; 32],
+    onion: &[OnionSecretKey],
+) -> Option<[u8; KEY_LEN]> {
+    let hdata = Create::parse(body).ok()?.hdata;
+    let id = hdata.get(..KEY_LEN)?;
+    let b = hdata.get(KEY_LEN..2 * KEY_LEN)?;
+    let x = hdata.get(2 * KEY_LEN..3 * KEY_LEN)?;
+    if id != identity || !onion.iter().any(|k| k.public().0 == b) {
+        return None;
+    }
+    x.try_into().ok()
+}
+
+/// Runs the relay side of the circuit handshake for one CREATE body.
+///
+/// The shared replay cache is locked only to check and remember the client's `X` (a hash
+/// lookup); the x25519 work and the AEAD run outside the lock, so handshakes proceed in
+/// parallel on every core. `X` is remembered before the handshake is verified: a CREATE
+/// whose authentication then fails still burns its `X` (honest clients never reuse one), and
+/// two concurrent CREATEs with the same `X` cannot both pass.
+fn accept_handshake(
+    keys: &RelayKeys<'_>,
+    replay: &Mutex<ReplayCache>,
+    policy: &RelayPolicy,
+    body: &[u8; CELL_BODY_LEN],
+    now: Instant,
+) -> Result<(RelayCircuit, [u8; CELL_BODY_LEN]), CircError> {
+    if let Some(x) = create_ephemeral(body, &keys.identity, keys.onion_keys) {
+        lock(replay)
+            .check_and_insert(x, now)
+            .map_err(|source| CircError::Handshake { hop: 0, source })?;
+    }
+    // `X` is already in the shared cache (or the handshake is about to fail before its replay
+    // check): the handshake's own check-and-insert goes to a cache of its own.
+    let mut scratch = ReplayCache::new(1, REPLAY_WINDOW);
+    RelayCircuit::accept(&mut rand::rng(), keys, &mut scratch, policy, body, now)
+}
+
 /// Runs the circuit handshake for one CREATE, then the circuit.
 async fn accept_circuit(shared: Arc<Shared>, inc: IncomingCreate, now: Instant) {
     let IncomingCreate { channel, cell, rx } = inc;
@@ -661,22 +715,12 @@ async fn accept_circuit(shared: Arc<Shared>, inc: IncomingCreate, now: Instant) 
         lock(&shared.limits).cap.close();
         return;
     };
-    let accepted = {
-        let onion = shared.onion_keys();
-        let keys = RelayKeys {
-            identity: shared.identity,
-            onion_keys: &onion,
-        };
-        let mut replay = lock(&shared.replay);
-        RelayCircuit::accept(
-            &mut rand::rng(),
-            &keys,
-            &mut replay,
-            &shared.policy,
-            cell.body(),
-            now,
-        )
+    let onion = shared.onion_keys();
+    let keys = RelayKeys {
+        identity: shared.identity,
+        onion_keys: &onion,
     };
+    let accepted = accept_handshake(&keys, &shared.replay, &shared.policy, cell.body(), now);
     let (circ, created) = match accepted {
         Ok(v) => v,
         Err(e) => {
@@ -706,4 +750,159 @@ async fn accept_circuit(shared: Arc<Shared>, inc: IncomingCreate, now: Instant) 
     CircuitTask::new(shared.clone(), serial, channel, id, rx, circ, kill)
         .run()
         .await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use onionvpn_proto::circuit::{ClientCircuit, ClientConfig, HopTarget};
+    use onionvpn_proto::crypto::handshake::HandshakeError;
+    use onionvpn_proto::ext::PaymentOffer;
+
+    struct Relay {
+        identity: [u8; 32],
+        onion: Vec<OnionSecretKey>,
+        replay: Mutex<ReplayCache>,
+        policy: RelayPolicy,
+    }
+
+    impl Relay {
+        fn new() -> Self {
+            Relay {
+                identity: [5; 32],
+                onion: vec![OnionSecretKey::generate(&mut rand::rng())],
+                replay: Mutex::new(ReplayCache::new(16, REPLAY_WINDOW)),
+                policy: RelayPolicy {
+                    msat_per_mib: 0,
+                    msat_per_min: 0,
+                    ..RelayPolicy::default()
+                },
+            }
+        }
+
+        fn create(&self) -> [u8; CELL_BODY_LEN] {
+            let hop = HopTarget {
+                identity: self.identity,
+                onion_key: self.onion[0].public(),
+                link_key: [6; 32],
+                ipv4: None,
+                ipv6: None,
+                offer: PaymentOffer {
+                    msat_per_mib: 0,
+                    msat_per_min: 0,
+                },
+            };
+            ClientCircuit::new(&mut rand::rng(), vec![hop], ClientConfig::default())
+                .unwrap()
+                .1
+        }
+
+        fn accept(&self, body: &[u8; CELL_BODY_LEN]) -> Result<(), CircError> {
+            let keys = RelayKeys {
+                identity: self.identity,
+                onion_keys: &self.onion,
+            };
+            accept_handshake(&keys, &self.replay, &self.policy, body, Instant::now()).map(|_| ())
+        }
+    }
+
+    #[test]
+    fn ephemeral_key_is_read_only_from_a_create_for_this_relay() {
+        let r = Relay::new();
+        let body = r.create();
+        let x = create_ephemeral(&body, &r.identity, &r.onion).unwrap();
+        let hdata = Create::parse(&body).unwrap().hdata;
+        assert_eq!(&hdata[64..96], &x);
+        assert_eq!(create_ephemeral(&body, &[1; 32], &r.onion), None);
+        let other = [OnionSecretKey::generate(&mut rand::rng())];
+        assert_eq!(create_ephemeral(&body, &r.identity, &other), None);
+        assert_eq!(
+            create_ephemeral(&[0; CELL_BODY_LEN], &r.identity, &r.onion),
+            None
+        );
+    }
+
+    #[test]
+    fn a_replayed_create_is_refused_and_fresh_ones_pass() {
+        let r = Relay::new();
+        let body = r.create();
+        r.accept(&body).unwrap();
+        assert_eq!(lock(&r.replay).len(), 1);
+        let err = r.accept(&body).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CircError::Handshake {
+                    source: HandshakeError::Replay,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        r.accept(&r.create()).unwrap();
+        assert_eq!(lock(&r.replay).len(), 2);
+    }
+
+    #[test]
+    fn a_create_for_another_relay_keeps_its_precise_error_and_is_not_remembered() {
+        let r = Relay::new();
+        let mut other = Relay::new();
+        other.identity = [8; 32];
+        let err = r.accept(&other.create()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CircError::Handshake {
+                    source: HandshakeError::WrongIdentity,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        other.identity = r.identity;
+        let err = r.accept(&other.create()).unwrap_err();
+        assert_eq!(err.destroy_reason(), DestroyReason::OnionKeyUnknown);
+        assert!(lock(&r.replay).is_empty());
+    }
+
+    #[test]
+    fn a_tampered_create_burns_its_ephemeral_key() {
+        let r = Relay::new();
+        let body = r.create();
+        let mut bad = body;
+        // Flip a bit of the authentication tag area (after ID, B, X).
+        bad[4 + 100] ^= 1;
+        let err = r.accept(&bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CircError::Handshake {
+                    source: HandshakeError::ClientAuthFailed,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The genuine CREATE with the same X is now a replay.
+        assert!(r.accept(&body).is_err());
+    }
+
+    #[test]
+    fn concurrent_handshakes_with_one_key_let_exactly_one_through() {
+        let r = std::sync::Arc::new(Relay::new());
+        let body = r.create();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let r = r.clone();
+                std::thread::spawn(move || r.accept(&body).is_ok())
+            })
+            .collect();
+        let ok = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(ok, 1);
+    }
 }
