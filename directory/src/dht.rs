@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::StreamExt;
 use mainline::async_dht::AsyncDht;
-use mainline::{Id, MutableItem, SigningKey};
+use mainline::{Dht, Id, MutableItem, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{RwLock, Semaphore};
@@ -114,6 +114,98 @@ impl DhtBackend for AsyncDht {
         self.get_mutable_most_recent(&key, Some(&salt))
             .await
             .map(|item| (item.value().to_vec(), item.seq()))
+    }
+}
+
+/// `mainline`'s adaptive mode promotes a node that is not firewalled to server mode after
+/// 15 min; a client replaces its node before that, so that it never answers DHT requests.
+pub const CLIENT_NODE_MAX_AGE: Duration = Duration::from_secs(14 * 60);
+
+/// Settings of a client's DHT node.
+#[derive(Debug, Clone)]
+pub struct ClientNodeConfig {
+    /// `host:port` bootstrap nodes.
+    pub bootstrap: Vec<String>,
+    /// Address to bind (default 0.0.0.0).
+    pub bind: Option<Ipv4Addr>,
+    /// Request timeout (300–500 ms on a LAN or test network, about 1 s on the WAN).
+    pub request_timeout: Duration,
+    /// Replace the node once it is this old ([`CLIENT_NODE_MAX_AGE`]).
+    pub max_age: Duration,
+}
+
+impl ClientNodeConfig {
+    /// Defaults for `bootstrap`: bind 0.0.0.0, 1 s timeout, [`CLIENT_NODE_MAX_AGE`].
+    pub fn new(bootstrap: Vec<String>) -> Self {
+        Self {
+            bootstrap,
+            bind: None,
+            request_timeout: Duration::from_secs(1),
+            max_age: CLIENT_NODE_MAX_AGE,
+        }
+    }
+}
+
+/// Builds a client-mode node: never `server_mode()`, so every request it sends carries BEP43's
+/// `ro=1` and it answers no request.
+pub fn client_node(cfg: &ClientNodeConfig) -> std::io::Result<AsyncDht> {
+    let mut b = Dht::builder();
+    b.bootstrap(&cfg.bootstrap)
+        .request_timeout(cfg.request_timeout);
+    if let Some(ip) = cfg.bind {
+        b.bind_address(ip);
+    }
+    Ok(b.build()?.as_async())
+}
+
+/// A client's DHT node that replaces itself (new socket, new id) once older than
+/// `max_age`, before `mainline`'s adaptive mode could promote it to server mode. Lookups in
+/// flight keep the old node until they end.
+#[derive(Debug)]
+pub struct ClientDht {
+    cfg: ClientNodeConfig,
+    node: std::sync::Mutex<(AsyncDht, Instant)>,
+    rebuilds: std::sync::atomic::AtomicU64,
+}
+
+impl ClientDht {
+    /// Builds the first node.
+    pub fn new(cfg: ClientNodeConfig) -> std::io::Result<Self> {
+        let node = client_node(&cfg)?;
+        Ok(Self {
+            cfg,
+            node: std::sync::Mutex::new((node, Instant::now())),
+            rebuilds: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The current node, replaced first when too old (if the replacement cannot be built the
+    /// old node goes on serving).
+    pub fn node(&self) -> AsyncDht {
+        let mut g = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        if g.1.elapsed() >= self.cfg.max_age {
+            if let Ok(n) = client_node(&self.cfg) {
+                *g = (n, Instant::now());
+                self.rebuilds
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        g.0.clone()
+    }
+
+    /// How many times the node was replaced.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl DhtBackend for ClientDht {
+    async fn get_peers(&self, infohash: [u8; 20]) -> Vec<SocketAddrV4> {
+        DhtBackend::get_peers(&self.node(), infohash).await
+    }
+
+    async fn get_descriptor(&self, key: [u8; 32], salt: Vec<u8>) -> Option<(Vec<u8>, i64)> {
+        self.node().get_descriptor(key, salt).await
     }
 }
 
@@ -259,7 +351,10 @@ pub struct DiscoveryConfig {
     pub fetch_concurrency: usize,
     /// Overall deadline for one `discover` call.
     pub deadline: Duration,
-    /// Refresh every known relay from the DHT by key after the address pass.
+    /// After the address pass, look up by key in the DHT every known relay whose held copy its
+    /// own relay did not serve during this pass (learned through PEX or from the cache, or its
+    /// relay did not answer). A copy served by the relay itself during the pass is skipped: the
+    /// relay serves its current descriptor, so the DHT cannot hold a higher seq.
     pub refresh_from_dht: bool,
 }
 
@@ -295,6 +390,8 @@ pub struct DiscoveryReport {
     pub via_pex: usize,
     /// Relays whose descriptor the DHT lookup by key returned and that verified.
     pub via_dht: usize,
+    /// Relays not looked up by key because their relay served them during the pass.
+    pub refresh_skipped: usize,
     /// Time from start until the set first held `first_circuit_relays` relays.
     pub time_to_first: Option<Duration>,
     /// Time until the address pass (get_peers rounds, fetches and PEX) ended.
@@ -313,6 +410,7 @@ pub async fn discover<B: DhtBackend, F: DescriptorFetcher + Clone + 'static>(
     first_circuit_relays: usize,
 ) -> DiscoveryReport {
     let start = Instant::now();
+    let pass_started = unix_now();
     let mut rep = DiscoveryReport::default();
     let network = relays.network().clone();
     let mut seen: HashSet<SocketAddrV4> = HashSet::new();
@@ -383,7 +481,8 @@ pub async fn discover<B: DhtBackend, F: DescriptorFetcher + Clone + 'static>(
     rep.addresses = seen.len();
     rep.address_pass = start.elapsed();
     if cfg.refresh_from_dht {
-        let keys: Vec<IdentityKey> = relays.iter().map(|d| d.identity()).collect();
+        let keys = relays.unconfirmed_since(pass_started);
+        rep.refresh_skipped = relays.len() - keys.len();
         let missed = refresh_pass(
             dht,
             relays,

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod descriptor;
 pub mod dht;
+pub mod filter;
 pub mod network;
 pub mod path;
 pub mod pex;

@@ -39,10 +39,16 @@ pub enum Offered {
 }
 
 /// Checked descriptors of one network, keyed by identity (ordered, so iteration is deterministic).
+///
+/// For each relay it also remembers when the relay itself last served the copy held
+/// ("confirmed"): discovery skips the DHT lookup of relays confirmed during the pass, and a relay
+/// serves in PEX only relays it confirmed recently (docs/spec/descriptor.md).
 #[derive(Debug, Clone)]
 pub struct RelaySet {
     network: Network,
     relays: BTreeMap<IdentityKey, Descriptor>,
+    /// Unix time at which the relay served the held copy itself (source [`Source::Relay`]).
+    confirmed: BTreeMap<IdentityKey, u64>,
     counters: RejectionCounters,
 }
 
@@ -52,6 +58,7 @@ impl RelaySet {
         Self {
             network,
             relays: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
             counters: RejectionCounters::default(),
         }
     }
@@ -120,12 +127,28 @@ impl RelaySet {
             Source::Dht { seq, .. } => d.check_dht_seq(seq)?,
             Source::Pex | Source::Cache => {}
         }
-        self.insert_checked(d)
+        let id = d.identity();
+        let r = self.insert_checked(d)?;
+        if matches!(source, Source::Relay(_)) {
+            self.confirmed.insert(id, now);
+        }
+        Ok(r)
     }
 
     /// Inserts an already checked descriptor, enforcing seq order: a lower seq, or the same
-    /// seq with other bytes, is [`DescriptorError::StaleSeq`].
+    /// seq with other bytes, is [`DescriptorError::StaleSeq`]. A new or newer copy is not
+    /// confirmed (its relay has not served it to us).
     pub fn insert_checked(&mut self, d: Descriptor) -> Result<Offered, DescriptorError> {
+        let id = d.identity();
+        let r = self.insert_inner(d);
+        if let Ok(Offered::New | Offered::Updated) = &r {
+            // Any confirmation was of the copy held before, not of this one.
+            self.confirmed.remove(&id);
+        }
+        r
+    }
+
+    fn insert_inner(&mut self, d: Descriptor) -> Result<Offered, DescriptorError> {
         if d.body().network != self.network.id() {
             return Err(DescriptorError::WrongNetwork {
                 identity: d.identity(),
@@ -157,6 +180,42 @@ impl RelaySet {
     pub fn expire(&mut self, now: u64) -> usize {
         let before = self.relays.len();
         self.relays.retain(|_, d| d.is_valid_at(now));
+        let relays = &self.relays;
+        self.confirmed.retain(|id, _| relays.contains_key(id));
+        before - self.relays.len()
+    }
+
+    /// When the relay itself last served the copy held (unix seconds), if ever.
+    pub fn confirmed_at(&self, id: &IdentityKey) -> Option<u64> {
+        self.confirmed.get(id).copied()
+    }
+
+    /// Identities whose held copy its own relay has not served at or after `since`, in
+    /// identity order: the relays a DHT lookup by key could still tell something new about.
+    pub fn unconfirmed_since(&self, since: u64) -> Vec<IdentityKey> {
+        self.relays
+            .keys()
+            .filter(|id| self.confirmed.get(id).is_none_or(|t| *t < since))
+            .copied()
+            .collect()
+    }
+
+    /// Descriptors whose relay served the held copy at or after `since`, in identity order.
+    pub fn confirmed_since(&self, since: u64) -> Vec<&Descriptor> {
+        self.relays
+            .iter()
+            .filter(|(id, _)| self.confirmed.get(id).is_some_and(|t| *t >= since))
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    /// Drops relays not confirmed by themselves at or after `since`; returns how many.
+    pub fn forget_unconfirmed(&mut self, since: u64) -> usize {
+        let before = self.relays.len();
+        let confirmed = &self.confirmed;
+        self.relays
+            .retain(|id, _| confirmed.get(id).is_some_and(|t| *t >= since));
+        self.confirmed.retain(|_, t| *t >= since);
         before - self.relays.len()
     }
 

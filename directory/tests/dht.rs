@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use mainline::async_dht::AsyncDht;
-use mainline::{Dht, Testnet};
+use mainline::{Dht, MutableItem, Testnet};
 use onionvpn_directory::cache::Cache;
 use onionvpn_directory::dht::{
     discover, serve_descriptors, unix_now, DhtBackend, DiscoveryConfig, Publisher, Served,
@@ -56,6 +56,19 @@ async fn start_relays(
     count: u32,
     pex: usize,
 ) -> Vec<Relay> {
+    start_relays_with(boot, net, first, count, pex, 0).await
+}
+
+/// [`start_relays`] where the last `unannounced` relays put their descriptor but do not announce
+/// (a client can learn them only through PEX, then refresh them by key).
+async fn start_relays_with(
+    boot: &[String],
+    net: &Network,
+    first: u32,
+    count: u32,
+    pex: usize,
+    unannounced: u32,
+) -> Vec<Relay> {
     let now = unix_now();
     let mut relays = Vec::new();
     let mut keys: Vec<SigningKey> = Vec::new();
@@ -86,14 +99,17 @@ async fn start_relays(
         keys.push(common::key(i));
     }
     let mut jobs = tokio::task::JoinSet::new();
-    for (r, k) in relays.iter().zip(keys) {
+    for (j, (r, k)) in relays.iter().zip(keys).enumerate() {
         let p = Publisher::new(r.dht.clone().unwrap(), net.clone(), k);
         let raw = r.desc.raw().to_vec();
         let seq = r.desc.seq();
         let port = r.desc.body().addresses[0].port();
+        let announce = (j as u32) < count - unannounced;
         jobs.spawn(async move {
             for _ in 0..3 {
-                if p.put_descriptor(&raw, seq).await.is_ok() && p.announce(port).await.is_ok() {
+                if p.put_descriptor(&raw, seq).await.is_ok()
+                    && (!announce || p.announce(port).await.is_ok())
+                {
                     return true;
                 }
             }
@@ -162,10 +178,10 @@ async fn fifty_relays_discovered_and_verified_also_with_30pct_dht_nodes_killed()
     let (set, rep) = fresh_client_discovers(&testnet.bootstrap, &net, true).await;
     let found: Vec<_> = set.iter().map(|d| d.identity()).collect();
     assert_eq!(found, ids(&relays), "report {rep:?}");
-    assert_eq!(
-        rep.via_dht, 50,
-        "every descriptor also fetched by key from the DHT and verified"
-    );
+    // Every relay served its own descriptor during the pass: no lookup by key is needed.
+    assert_eq!(rep.refresh_skipped, 50, "report {rep:?}");
+    assert_eq!(rep.via_dht, 0);
+    assert_eq!(rep.dht_lookups, rep.rounds, "only get_peers lookups");
     assert_eq!(set.counters().total(), 0);
     for (d, r) in set.iter().zip({
         let mut v: Vec<_> = relays.iter().collect();
@@ -186,6 +202,44 @@ async fn fifty_relays_discovered_and_verified_also_with_30pct_dht_nodes_killed()
     let (set, rep) = fresh_client_discovers(&testnet.bootstrap, &net, false).await;
     let found: Vec<_> = set.iter().map(|d| d.identity()).collect();
     assert_eq!(found, ids(&relays), "after kill: report {rep:?}");
+    assert_eq!(set.counters().total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_learned_only_through_pex_are_refreshed_by_key_from_the_dht() {
+    let _g = LOCK.lock().await;
+    let testnet = Testnet::builder(12).build().unwrap();
+    let net = Network::main();
+    // 12 relays, the last 4 not announced; each serves the next 4 in the ring through PEX.
+    let relays = start_relays_with(&testnet.bootstrap, &net, 400, 12, 4, 4).await;
+    // One unannounced relay re-signs with a higher seq and puts it in the DHT only: the PEX
+    // copies others serve are now stale.
+    let last = relays.last().unwrap();
+    let mut newer = last.desc.body().clone();
+    newer.seq += 1;
+    let newer = common::checked(411, &newer, &net, unix_now());
+    Publisher::new(last.dht.clone().unwrap(), net.clone(), common::key(411))
+        .put_descriptor(newer.raw(), newer.seq())
+        .await
+        .unwrap();
+
+    let (set, rep) = fresh_client_discovers(&testnet.bootstrap, &net, true).await;
+    assert_eq!(
+        set.iter().map(|d| d.identity()).collect::<Vec<_>>(),
+        ids(&relays),
+        "report {rep:?}"
+    );
+    assert_eq!(rep.refresh_skipped, 8, "announced relays served themselves");
+    assert_eq!(
+        rep.via_dht, 4,
+        "PEX-learned relays looked up by key: {rep:?}"
+    );
+    // Four lookups by key (plus at most one sequential retry each).
+    assert!(
+        (rep.rounds + 4..=rep.rounds + 8).contains(&rep.dht_lookups),
+        "{rep:?}"
+    );
+    assert_eq!(set.get(&newer.identity()).unwrap().seq(), newer.seq());
     assert_eq!(set.counters().total(), 0);
 }
 
@@ -327,4 +381,76 @@ async fn warm_cache_gives_a_path_before_any_dht_lookup_completes() {
     let (n, rep) = refresh.await.unwrap();
     assert_eq!(n, 8, "background refresh found the network: {rep:?}");
     assert!(completed.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_filter_sees_real_requests_and_client_nodes_stay_out_of_routing_tables() {
+    use mainline::ServerSettings;
+    use onionvpn_directory::dht::{ClientDht, ClientNodeConfig};
+    use onionvpn_directory::filter::{FilterConfig, RelayRequestFilter};
+
+    let _g = LOCK.lock().await;
+    let testnet = Testnet::builder(4).build().unwrap();
+    let filter = RelayRequestFilter::new(FilterConfig::default());
+    let stats = filter.stats();
+    let server = {
+        let mut b = Dht::builder();
+        b.server_mode()
+            .bootstrap(&testnet.bootstrap)
+            .bind_address(Ipv4Addr::LOCALHOST)
+            .request_timeout(Duration::from_millis(500))
+            .server_settings(ServerSettings {
+                filter: Box::new(filter),
+                ..ServerSettings::default()
+            });
+        b.build().unwrap().as_async()
+    };
+    assert!(server.bootstrapped().await);
+    let server_addr = server.info().await.local_addr().to_string();
+    let mut boot = vec![server_addr];
+    boot.extend(testnet.bootstrap.iter().cloned());
+    // max_age zero: every use replaces the node.
+    let client = ClientDht::new(ClientNodeConfig {
+        bind: Some(Ipv4Addr::LOCALHOST),
+        request_timeout: Duration::from_millis(300),
+        max_age: Duration::ZERO,
+        ..ClientNodeConfig::new(boot)
+    })
+    .unwrap();
+    let mut client_addrs = Vec::new();
+
+    let sk = mainline::SigningKey::from_bytes(&[7; 32]);
+    let n = client.node();
+    client_addrs.push(n.info().await.local_addr());
+    n.put_mutable(MutableItem::new(sk, b"v", 1, Some(b"s")), None)
+        .await
+        .unwrap();
+    let n = client.node();
+    client_addrs.push(n.info().await.local_addr());
+    let ih = [9u8; 20];
+    n.announce_peer(mainline::Id::from(ih), Some(4242))
+        .await
+        .unwrap();
+    let n = client.node();
+    client_addrs.push(n.info().await.local_addr());
+    let _ = n.put_immutable(b"not for onionvpn relays").await;
+
+    // The filter classified the live requests (pins the Debug-based classification).
+    assert!(stats.mutable_puts.load(Ordering::Relaxed) >= 1);
+    assert!(stats.announces.load(Ordering::Relaxed) >= 1);
+    assert!(stats.immutable_refused.load(Ordering::Relaxed) >= 1);
+    assert!(stats.allowed.load(Ordering::Relaxed) >= 3);
+
+    // Lookups through the replacing client node still work.
+    let peers = DhtBackend::get_peers(&client, ih).await;
+    assert!(peers.iter().any(|p| p.port() == 4242), "{peers:?}");
+    assert!(client.rebuilds() >= 3);
+    client_addrs.dedup();
+    assert!(client_addrs.len() >= 3, "a new socket each time");
+
+    // A server node with a bootstrap list never put a read-only client in its routing table.
+    let table = server.to_bootstrap().await;
+    for a in &client_addrs {
+        assert!(!table.contains(&a.to_string()), "{a} in {table:?}");
+    }
 }
