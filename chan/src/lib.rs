@@ -1,9 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +14,10 @@ use onionvpn_proto::link::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
+
+pub use tokio::sync::mpsc::error::TryRecvError;
 
 /// Errors of channel setup and use.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,18 @@ pub enum ChanError {
     /// The peer sent a cell that does not parse.
     #[error("bad cell from peer: {0}")]
     Cell(#[from] CellError),
+    /// The peer sent a cell that parses but has no place on this channel: a cell for a
+    /// circuit id that was never opened on it, or a CREATE toward the side that opened the
+    /// link. The channel is closed.
+    #[error("out-of-context {cmd:?} cell from peer on circuit {circ_id:#010x}: {why}")]
+    OutOfContext {
+        /// The circuit id the cell named.
+        circ_id: u32,
+        /// Its command.
+        cmd: ChanCmd,
+        /// What was wrong.
+        why: &'static str,
+    },
     /// The handshake did not finish in time.
     #[error("link handshake timed out after {0:?}")]
     Timeout(Duration),
@@ -58,6 +72,10 @@ pub struct ChannelConfig {
     pub circuit_queue: usize,
     /// Cells queued toward the socket before senders wait.
     pub outgoing_queue: usize,
+    /// Circuit ids closed on this channel that are remembered, so that cells the peer sent
+    /// before it learned of the close (DESTROY crossing them in flight) are dropped
+    /// silently instead of closing the channel. Oldest forgotten first.
+    pub closed_ids: usize,
 }
 
 impl Default for ChannelConfig {
@@ -68,12 +86,90 @@ impl Default for ChannelConfig {
             // obeys congestion control never fills it.
             circuit_queue: 8192,
             outgoing_queue: 1024,
+            closed_ids: 4096,
         }
     }
 }
 
-/// Cells for one circuit on one channel.
-pub type CircuitRx = mpsc::Receiver<Cell>;
+/// The cells for one circuit on one channel, in the order the peer sent them.
+///
+/// The channel's reactor hands cells over in batches (every cell of the circuit that one
+/// socket read produced, in one queue operation); this receiver gives them out one at a time
+/// or as a batch. `None` from [`CircuitRx::recv`] means the channel closed, or the channel
+/// dropped the circuit (its queue overflowed); every cell queued before that is delivered
+/// first.
+#[derive(Debug)]
+pub struct CircuitRx {
+    rx: mpsc::UnboundedReceiver<Vec<Cell>>,
+    cur: VecDeque<Cell>,
+    /// Cells in `rx`, not yet in `cur`.
+    queued: Arc<AtomicUsize>,
+}
+
+impl CircuitRx {
+    fn new() -> (CircuitTx, CircuitRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            CircuitTx {
+                tx,
+                queued: queued.clone(),
+            },
+            CircuitRx {
+                rx,
+                cur: VecDeque::new(),
+                queued,
+            },
+        )
+    }
+
+    fn take(&mut self, batch: Vec<Cell>) {
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        if self.cur.is_empty() {
+            // No copy: the deque takes over the vector's buffer.
+            self.cur = VecDeque::from(batch);
+        } else {
+            self.cur.extend(batch);
+        }
+    }
+
+    /// The next cell, waiting for one. Cancel-safe (usable in `select!`).
+    pub async fn recv(&mut self) -> Option<Cell> {
+        if let Some(c) = self.cur.pop_front() {
+            return Some(c);
+        }
+        let batch = self.rx.recv().await?;
+        self.take(batch);
+        self.cur.pop_front()
+    }
+
+    /// The next cell if one is queued.
+    pub fn try_recv(&mut self) -> Result<Cell, TryRecvError> {
+        loop {
+            if let Some(c) = self.cur.pop_front() {
+                return Ok(c);
+            }
+            let batch = self.rx.try_recv()?;
+            self.take(batch);
+        }
+    }
+
+    /// Cells queued and not yet taken.
+    pub fn len(&self) -> usize {
+        self.queued.load(Ordering::Relaxed) + self.cur.len()
+    }
+
+    /// Whether no cell is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The reactor's side of a circuit queue.
+struct CircuitTx {
+    tx: mpsc::UnboundedSender<Vec<Cell>>,
+    queued: Arc<AtomicUsize>,
+}
 
 /// A CREATE from the peer of an accepted channel, for the relay's circuit acceptor.
 #[derive(Debug)]
@@ -90,8 +186,11 @@ pub struct IncomingCreate {
 // Cells are the common case: boxing them would allocate per cell.
 #[allow(clippy::large_enum_variant)]
 enum Command {
+    /// One cell, holding one credit.
     Send(Cell),
-    Register(CircId, mpsc::Sender<Cell>),
+    /// Cells in order, holding this many credits.
+    SendBatch(Vec<Cell>, u32),
+    Register(CircId, CircuitTx),
     Release(CircId),
 }
 
@@ -101,12 +200,15 @@ struct Shared {
     side: LinkSide,
     closed: AtomicBool,
     circuit_queue: usize,
+    /// Credits for cells queued toward the socket ([`ChannelConfig::outgoing_queue`]).
+    credits: Semaphore,
+    max_credits: u32,
 }
 
 /// A cloneable handle to a channel's reactor task.
 #[derive(Clone)]
 pub struct ChannelHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
 }
 
@@ -123,9 +225,37 @@ impl std::fmt::Debug for ChannelHandle {
 impl ChannelHandle {
     /// Queues a cell for the peer, waiting while the outgoing queue is full.
     pub async fn send(&self, cell: Cell) -> Result<(), ChanError> {
+        self.shared
+            .credits
+            .acquire()
+            .await
+            .map_err(|_| ChanError::Closed)?
+            .forget();
         self.tx
             .send(Command::Send(cell))
+            .map_err(|_| ChanError::Closed)
+    }
+
+    /// Queues cells for the peer in one operation, in order, waiting while the outgoing
+    /// queue is full. Cheaper per cell than [`ChannelHandle::send`]: a circuit task
+    /// gathers what it has ready and sends it at once. Cells sent by one task, through
+    /// either method, leave in the order they were sent.
+    pub async fn send_batch(&self, cells: Vec<Cell>) -> Result<(), ChanError> {
+        if cells.is_empty() {
+            return Ok(());
+        }
+        // A batch larger than the whole queue waits for the whole queue.
+        let n = u32::try_from(cells.len())
+            .unwrap_or(u32::MAX)
+            .min(self.shared.max_credits);
+        self.shared
+            .credits
+            .acquire_many(n)
             .await
+            .map_err(|_| ChanError::Closed)?
+            .forget();
+        self.tx
+            .send(Command::SendBatch(cells, n))
             .map_err(|_| ChanError::Closed)
     }
 
@@ -135,17 +265,16 @@ impl ChannelHandle {
         let id = (0..64)
             .find_map(|_| CircId::from_random(rand::random::<u32>(), self.shared.side))
             .ok_or(ChanError::NoCircId)?;
-        let (tx, rx) = mpsc::channel(self.shared.circuit_queue);
+        let (tx, rx) = CircuitRx::new();
         self.tx
             .send(Command::Register(id, tx))
-            .await
             .map_err(|_| ChanError::Closed)?;
         Ok((id, rx))
     }
 
     /// Forgets a circuit: later cells for it are dropped.
     pub async fn release(&self, id: CircId) {
-        let _ = self.tx.send(Command::Release(id)).await;
+        let _ = self.tx.send(Command::Release(id));
     }
 
     /// Sends DESTROY for `id` and forgets it.
@@ -169,7 +298,6 @@ impl ChannelHandle {
         self.shared.closed.load(Ordering::Relaxed) || self.tx.is_closed()
     }
 }
-
 /// Opens a channel to the relay at `addr`, which must prove the link key `link_key`
 /// bound to `identity` (both from its verified descriptor).
 pub async fn connect(
@@ -293,13 +421,17 @@ fn spawn_reactor(
     incoming: Option<mpsc::Sender<IncomingCreate>>,
     config: &ChannelConfig,
 ) -> ChannelHandle {
-    let (tx, rx) = mpsc::channel(config.outgoing_queue);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let max_credits =
+        u32::try_from(config.outgoing_queue.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
     let shared = Arc::new(Shared {
         peer_addr,
         peer_identity,
         side,
         closed: AtomicBool::new(false),
         circuit_queue: config.circuit_queue,
+        credits: Semaphore::new(max_credits as usize),
+        max_credits,
     });
     let handle = ChannelHandle {
         tx: tx.clone(),
@@ -318,6 +450,8 @@ fn spawn_reactor(
         shared,
         incoming,
         circuits: HashMap::new(),
+        closed: ClosedIds::new(config.closed_ids),
+        pending: Vec::new(),
         in_cells: Vec::with_capacity(MAX_CELLS_PER_FRAME),
         out_cells: Vec::with_capacity(MAX_CELLS_PER_FRAME),
         out_bytes: Vec::new(),
@@ -335,17 +469,66 @@ enum Stop {
     Error(ChanError),
 }
 
+/// A bounded memory of circuit ids closed on this channel, oldest forgotten first.
+struct ClosedIds {
+    /// Id → the generation it was closed in (an id closed, reopened and closed again has
+    /// one live entry: the newest).
+    ids: HashMap<CircId, u64>,
+    order: VecDeque<(CircId, u64)>,
+    generation: u64,
+    cap: usize,
+}
+
+impl ClosedIds {
+    fn new(cap: usize) -> Self {
+        ClosedIds {
+            ids: HashMap::new(),
+            order: VecDeque::new(),
+            generation: 0,
+            cap,
+        }
+    }
+
+    fn insert(&mut self, id: CircId) {
+        if self.cap == 0 {
+            return;
+        }
+        self.generation += 1;
+        self.ids.insert(id, self.generation);
+        self.order.push_back((id, self.generation));
+        while self.order.len() > self.cap {
+            if let Some((old, generation)) = self.order.pop_front() {
+                if self.ids.get(&old) == Some(&generation) {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: CircId) {
+        // The stale entry in `order` is skipped when it comes up.
+        self.ids.remove(&id);
+    }
+
+    fn contains(&self, id: CircId) -> bool {
+        self.ids.contains_key(&id)
+    }
+}
+
 struct Reactor {
-    _keepalive: Option<mpsc::Sender<Command>>,
+    _keepalive: Option<mpsc::UnboundedSender<Command>>,
     sock: TcpStream,
     link: Link,
     decoder: FrameDecoder,
-    rx: mpsc::Receiver<Command>,
+    rx: mpsc::UnboundedReceiver<Command>,
     /// To give the acceptor a handle without keeping ourselves alive.
-    self_tx: mpsc::WeakSender<Command>,
+    self_tx: mpsc::WeakUnboundedSender<Command>,
     shared: Arc<Shared>,
     incoming: Option<mpsc::Sender<IncomingCreate>>,
-    circuits: HashMap<CircId, mpsc::Sender<Cell>>,
+    circuits: HashMap<CircId, CircuitTx>,
+    closed: ClosedIds,
+    /// Cells received in the current read, grouped per circuit in arrival order.
+    pending: Vec<(CircId, Vec<Cell>)>,
     in_cells: Vec<[u8; CELL_LEN]>,
     out_cells: Vec<[u8; CELL_LEN]>,
     out_bytes: Vec<u8>,
@@ -355,6 +538,8 @@ impl Reactor {
     async fn run(mut self) {
         let stop = self.run_inner().await;
         self.shared.closed.store(true, Ordering::Relaxed);
+        // Senders waiting for queue room see the channel closed.
+        self.shared.credits.close();
         match stop {
             Stop::Done => debug!("channel closed"),
             Stop::Error(e) => debug!("channel closed: {e}"),
@@ -388,23 +573,39 @@ impl Reactor {
         }
     }
 
+    /// Forgets a circuit, remembering its id so that late cells for it are dropped.
+    fn forget(&mut self, id: CircId) {
+        self.circuits.remove(&id);
+        self.closed.insert(id);
+    }
+
     /// Handles `first` and whatever else is queued, batching cells into frames.
     async fn handle_commands(&mut self, first: Command) -> Result<(), ChanError> {
         let mut next = Some(first);
+        let mut credits = 0u32;
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Send(cell) => self.out_cells.push(cell.into_bytes()),
+                Command::Send(cell) => {
+                    self.out_cells.push(cell.into_bytes());
+                    credits += 1;
+                }
+                Command::SendBatch(cells, n) => {
+                    self.out_cells
+                        .extend(cells.into_iter().map(Cell::into_bytes));
+                    credits += n;
+                }
                 Command::Register(id, tx) => {
+                    self.closed.remove(id);
                     self.circuits.insert(id, tx);
                 }
-                Command::Release(id) => {
-                    self.circuits.remove(&id);
-                }
+                Command::Release(id) => self.forget(id),
             }
             if self.out_cells.len() < MAX_CELLS_PER_FRAME * 4 {
                 next = self.rx.try_recv().ok();
             }
         }
+        // The cells left the queue: their senders may queue more while we write.
+        self.shared.credits.add_permits(credits as usize);
         self.flush().await
     }
 
@@ -428,49 +629,98 @@ impl Reactor {
 
     async fn handle_read(&mut self, n: usize) -> Result<(), ChanError> {
         self.decoder.commit(n)?;
+        let result = self.decode_frames();
+        // Cells of the frames that authenticated are delivered even if a later one failed
+        // (they were valid when they arrived); then the error closes the channel.
+        self.deliver();
+        result?;
+        self.flush().await
+    }
+
+    fn decode_frames(&mut self) -> Result<(), ChanError> {
         loop {
             self.in_cells.clear();
             match self.decoder.next_frame()? {
                 Some(frame) => {
                     self.link.decrypt_frame(frame, &mut self.in_cells)?;
                 }
-                None => return self.flush().await,
+                None => return Ok(()),
             }
             let cells = std::mem::take(&mut self.in_cells);
-            for raw in &cells {
-                self.dispatch(Cell::from_bytes(*raw)?);
-            }
+            let result = cells
+                .iter()
+                .try_for_each(|raw| self.dispatch(Cell::from_bytes(*raw)?));
             self.in_cells = cells;
+            result?;
         }
     }
 
-    /// Gives a cell to its circuit; never waits on the circuit. Answers (DESTROY) go to
-    /// the outgoing batch, flushed after the frame.
-    fn dispatch(&mut self, cell: Cell) {
+    /// Gives every batch gathered by [`Self::dispatch`] to its circuit, one queue operation
+    /// per circuit; never waits on a circuit. A circuit whose queue would overflow is
+    /// destroyed (DESTROY goes to the outgoing batch, flushed after the read).
+    fn deliver(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        for (id, batch) in pending.drain(..) {
+            let Some(tx) = self.circuits.get(&id) else {
+                continue;
+            };
+            let n = batch.len();
+            if tx.queued.load(Ordering::Relaxed) + n > self.shared.circuit_queue {
+                debug!("circuit queue full: destroying the circuit");
+                self.forget(id);
+                self.out_cells
+                    .push(Cell::destroy(id, DestroyReason::ResourceLimit).into_bytes());
+                continue;
+            }
+            tx.queued.fetch_add(n, Ordering::Relaxed);
+            if tx.tx.send(batch).is_err() {
+                // The circuit's task is gone without releasing it.
+                self.forget(id);
+            }
+        }
+        self.pending = pending;
+    }
+
+    /// Sorts one received cell: into its circuit's batch, to the circuit acceptor (CREATE),
+    /// or away (late cells for circuits closed here). A cell that has no place on this
+    /// channel is an error that closes it.
+    fn dispatch(&mut self, cell: Cell) -> Result<(), ChanError> {
         let Some(id) = cell.circ_id() else {
-            return; // link padding
+            return Ok(()); // link padding
         };
-        if let Some(tx) = self.circuits.get(&id) {
-            match tx.try_send(cell) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    debug!("circuit queue full: destroying the circuit");
-                    self.circuits.remove(&id);
-                    self.out_cells
-                        .push(Cell::destroy(id, DestroyReason::ResourceLimit).into_bytes());
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.circuits.remove(&id);
+        if self.circuits.contains_key(&id) {
+            match self.pending.iter_mut().find(|(pid, _)| *pid == id) {
+                Some((_, batch)) => batch.push(cell),
+                None => {
+                    let mut batch = Vec::with_capacity(MAX_CELLS_PER_FRAME);
+                    batch.push(cell);
+                    self.pending.push((id, batch));
                 }
             }
-            return;
+            return Ok(());
         }
+        let out_of_context = |why| ChanError::OutOfContext {
+            circ_id: id.get(),
+            cmd: cell.cmd(),
+            why,
+        };
         match (cell.cmd(), &self.incoming) {
-            (ChanCmd::Create, Some(incoming)) if id.may_be_created_by_peer_of(self.shared.side) => {
+            (ChanCmd::Create, None) => Err(out_of_context(
+                "CREATE toward the side that opened the link",
+            )),
+            (ChanCmd::Create, Some(_)) if !id.may_be_created_by_peer_of(self.shared.side) => {
+                // The id's top bit belongs to our side (docs/spec.md, "Circuit ids").
+                self.closed.insert(id);
+                self.out_cells
+                    .push(Cell::destroy(id, DestroyReason::Protocol).into_bytes());
+                Ok(())
+            }
+            (ChanCmd::Create, Some(incoming)) => {
                 let Some(tx) = self.self_tx.upgrade() else {
-                    return;
+                    return Ok(());
                 };
-                let (ctx, crx) = mpsc::channel(self.shared.circuit_queue);
+                let (ctx, crx) = CircuitRx::new();
+                self.closed.remove(id);
                 self.circuits.insert(id, ctx);
                 let channel = ChannelHandle {
                     tx,
@@ -483,18 +733,17 @@ impl Reactor {
                 };
                 if incoming.try_send(req).is_err() {
                     // The acceptor is overloaded or gone: refuse rather than wait.
-                    self.circuits.remove(&id);
+                    self.forget(id);
                     self.out_cells
                         .push(Cell::destroy(id, DestroyReason::ResourceLimit).into_bytes());
                 }
+                Ok(())
             }
-            // A CREATE with the wrong id bit, or on a channel we opened.
-            (ChanCmd::Create, _) => {
-                self.out_cells
-                    .push(Cell::destroy(id, DestroyReason::Protocol).into_bytes());
-            }
-            // Cells for circuits already gone (DESTROY crossing, late data): dropped.
-            _ => {}
+            // Cells for circuits closed here (DESTROY crossing them, late data): dropped.
+            _ if self.closed.contains(id) => Ok(()),
+            _ => Err(out_of_context(
+                "no circuit with this id was opened on the link",
+            )),
         }
     }
 }

@@ -157,3 +157,38 @@ async fn garbage_instead_of_a_handshake_closes_only_that_connection() {
         .unwrap();
     assert!(!chan.is_closed());
 }
+
+#[tokio::test]
+async fn batches_and_single_cells_keep_their_order_even_above_the_queue_size() {
+    let config = ChannelConfig {
+        outgoing_queue: 16,
+        ..ChannelConfig::default()
+    };
+    let mut r = relay(config.clone()).await;
+    let chan = connect(r.addr, r.identity, r.link_key, &config)
+        .await
+        .unwrap();
+    let (id, _rx) = chan.open_circuit().await.unwrap();
+    chan.send(Cell::with_body(id, ChanCmd::Create, &body_with(0)))
+        .await
+        .unwrap();
+    let mut inc = r.creates.recv().await.unwrap();
+    let mut n = 0u32;
+    for size in [1usize, 100, 3, 16, 17, 0, 64, 200] {
+        let batch: Vec<Cell> = (0..size)
+            .map(|i| Cell::with_body(id, ChanCmd::Relay, &body_with(n + i as u32)))
+            .collect();
+        n += size as u32;
+        chan.send_batch(batch).await.unwrap();
+        chan.send(Cell::with_body(id, ChanCmd::Relay, &body_with(n)))
+            .await
+            .unwrap();
+        n += 1;
+    }
+    for i in 0..n {
+        let cell = inc.rx.recv().await.unwrap();
+        assert_eq!(cell.body(), &body_with(i), "cell {i} in order");
+    }
+    assert!(inc.rx.try_recv().is_err());
+    assert_eq!(inc.rx.len(), 0);
+}
