@@ -7,19 +7,18 @@ use std::time::Instant;
 
 use rand_core::CryptoRng;
 
-use crate::cc::{SendmeSchedule, Vegas, VegasParams};
+use crate::cc::{Vegas, VegasParams};
 use crate::cell::{ChanCmd, Create, Created, HandshakeType};
-use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_BODY_MAX, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
+use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
 use crate::crypto::handshake::{client_handshake, ClientHandshake, OnionPublicKey};
 use crate::crypto::layer::ClientCircuitCrypto;
 use crate::ext::{CongestionControl, Extensions, PaymentOffer, PaymentTerms};
 use crate::relaymsg::{
-    encode_data, Begin, BeginFlags, ClientBound, EndReason, Extend, RelayMsg, Sendme, StreamId,
-    Target, Xon,
+    Begin, BeginFlags, ClientBound, EndReason, Extend, RelayMsg, Sendme, StreamId, Target,
 };
 
-use super::streams::{Lookup, StreamTable};
-use super::{CircError, SendmeTag};
+use super::edge::{Edge, StreamMsg};
+use super::CircError;
 
 /// Everything the client needs about one hop, taken from its verified descriptor.
 #[derive(Debug, Clone)]
@@ -154,16 +153,11 @@ pub struct ClientCircuit {
     /// RELAY_EARLY cells still to send (the first [`MAX_HOPS`] relay cells use it).
     early_left: usize,
     queue: VecDeque<Queued>,
-    streams: StreamTable,
     next_stream: u16,
     /// Congestion-control parameters; `sendme_inc` is replaced by the exit's confirmed value.
     vegas: VegasParams,
-    /// Congestion control of data toward the exit.
-    cc: Vegas,
-    /// Tags the exit's next SENDMEs must carry, oldest first.
-    expected_sendmes: VecDeque<SendmeTag>,
-    /// When to acknowledge data from the exit.
-    sendme_rx: SendmeSchedule,
+    /// Streams and congestion control toward the exit.
+    edge: Edge,
 }
 
 impl std::fmt::Debug for ClientCircuit {
@@ -171,7 +165,7 @@ impl std::fmt::Debug for ClientCircuit {
         f.debug_struct("ClientCircuit")
             .field("hops_built", &self.crypto.n_hops())
             .field("path_len", &self.path.len())
-            .field("streams", &self.streams.len())
+            .field("streams", &self.edge.streams.len())
             .finish_non_exhaustive()
     }
 }
@@ -206,12 +200,9 @@ impl ClientCircuit {
             build: Build::Waiting { hop: 0, pending },
             early_left: MAX_HOPS,
             queue: VecDeque::new(),
-            streams: StreamTable::new(config.max_streams),
             next_stream: 1,
-            cc: Vegas::new(config.vegas.clone()),
+            edge: Edge::new(config.vegas.clone(), config.max_streams),
             vegas: config.vegas.clone(),
-            expected_sendmes: VecDeque::new(),
-            sendme_rx: SendmeSchedule::new(config.vegas.sendme_inc),
             handshakes,
             path,
         };
@@ -235,12 +226,12 @@ impl ClientCircuit {
 
     /// The congestion-control state of data toward the exit.
     pub fn cc(&self) -> &Vegas {
-        &self.cc
+        &self.edge.cc
     }
 
     /// Number of open streams.
     pub fn n_streams(&self) -> usize {
-        self.streams.len()
+        self.edge.streams.len()
     }
 
     /// Handles hop 0's CREATED cell.
@@ -279,73 +270,47 @@ impl ClientCircuit {
             }
             ClientBound::Drop(_) => Ok(ClientEvent::None),
             ClientBound::Sendme(Sendme { tag: got }) => {
-                match self.expected_sendmes.pop_front() {
-                    Some(want) if super::tags_equal(&want, &got) => {}
-                    _ => {
-                        return Err(CircError::Protocol {
-                            what: "SENDME with a tag of no cell we sent",
-                        })
-                    }
-                }
-                self.cc.on_sendme(now)?;
+                self.edge.on_sendme(&got, now)?;
                 Ok(ClientEvent::None)
             }
             ClientBound::Data(stream, data) => {
-                if self.sendme_rx.on_data_received() {
+                if self.edge.on_data_cell() {
                     self.queue_circuit_msg(&RelayMsg::Sendme(Sendme { tag }))?;
                 }
-                match self.streams.lookup(stream)? {
-                    Lookup::RecentlyEnded => Ok(ClientEvent::None),
-                    Lookup::Open => {
-                        let s = self.streams.get(stream)?;
-                        if s.peer_fin || !s.connected {
-                            return Err(CircError::Protocol {
-                                what: "DATA before CONNECTED or after FIN",
-                            });
-                        }
-                        Ok(ClientEvent::Data { stream, data })
-                    }
-                }
+                Ok(match self.edge.on_stream_msg(stream, StreamMsg::Data)? {
+                    true => ClientEvent::Data { stream, data },
+                    false => ClientEvent::None,
+                })
             }
-            ClientBound::Connected(stream, c) => match self.streams.lookup(stream)? {
-                Lookup::RecentlyEnded => Ok(ClientEvent::None),
-                Lookup::Open => {
-                    let s = self.streams.get_mut(stream)?;
-                    if s.connected {
-                        return Err(CircError::Protocol {
-                            what: "CONNECTED twice on one stream",
-                        });
-                    }
-                    s.connected = true;
-                    Ok(ClientEvent::Connected {
-                        stream,
-                        addr: c.addr,
-                    })
+            ClientBound::Connected(stream, c) => {
+                if !self.edge.on_connected(stream)? {
+                    return Ok(ClientEvent::None);
                 }
-            },
-            ClientBound::Fin(stream) => match self.streams.lookup(stream)? {
-                Lookup::RecentlyEnded => Ok(ClientEvent::None),
-                Lookup::Open => {
-                    self.streams.peer_fin(stream)?;
-                    Ok(ClientEvent::Fin { stream })
-                }
-            },
-            ClientBound::End(stream, reason) => match self.streams.lookup(stream)? {
-                Lookup::RecentlyEnded => Ok(ClientEvent::None),
-                Lookup::Open => {
-                    self.streams.end(stream);
-                    Ok(ClientEvent::End { stream, reason })
-                }
-            },
+                Ok(ClientEvent::Connected {
+                    stream,
+                    addr: c.addr,
+                })
+            }
+            ClientBound::Fin(stream) => {
+                Ok(match self.edge.on_stream_msg(stream, StreamMsg::Fin)? {
+                    true => ClientEvent::Fin { stream },
+                    false => ClientEvent::None,
+                })
+            }
+            ClientBound::End(stream, reason) => {
+                Ok(match self.edge.on_stream_msg(stream, StreamMsg::End)? {
+                    true => ClientEvent::End { stream, reason },
+                    false => ClientEvent::None,
+                })
+            }
             ClientBound::Xoff(stream) | ClientBound::Xon(stream, _) => {
                 let paused = matches!(msg, ClientBound::Xoff(_));
-                match self.streams.lookup(stream)? {
-                    Lookup::RecentlyEnded => Ok(ClientEvent::None),
-                    Lookup::Open => {
-                        self.streams.get_mut(stream)?.peer_xoff = paused;
-                        Ok(ClientEvent::FlowControl { stream, paused })
-                    }
-                }
+                Ok(
+                    match self.edge.on_stream_msg(stream, StreamMsg::Flow(paused))? {
+                        true => ClientEvent::FlowControl { stream, paused },
+                        false => ClientEvent::None,
+                    },
+                )
             }
         }
     }
@@ -354,7 +319,7 @@ impl ClientCircuit {
     /// answers CONNECTED ([`ClientEvent::Connected`]).
     pub fn begin_stream(&mut self, target: Target) -> Result<StreamId, CircError> {
         self.require_open()?;
-        let id = self.streams.allocate(&mut self.next_stream)?;
+        let id = self.edge.streams.allocate(&mut self.next_stream)?;
         let begin = RelayMsg::Begin(
             id,
             Begin {
@@ -368,11 +333,7 @@ impl ClientCircuit {
 
     /// Whether congestion control and the stream's flow control let `stream` send now.
     pub fn can_send(&self, stream: StreamId) -> bool {
-        self.cc.can_send()
-            && self
-                .streams
-                .get(stream)
-                .is_ok_and(|s| !s.peer_xoff && !s.local_fin && s.connected)
+        self.edge.can_send(stream)
     }
 
     /// Queues up to one cell of `data` on `stream`; returns how many bytes it took
@@ -384,35 +345,28 @@ impl ClientCircuit {
         now: Instant,
     ) -> Result<usize, CircError> {
         self.require_open()?;
-        if self.streams.get(stream)?.local_fin {
-            return Err(CircError::Protocol {
-                what: "DATA after our own FIN",
-            });
-        }
-        if !self.can_send(stream) || data.is_empty() {
+        self.edge.check_may_send(stream)?;
+        let hop = self.last_hop();
+        let Some(cell) = self
+            .edge
+            .data_cell(stream, data, now)
+            .map_err(|source| CircError::Msg { hop, source })?
+        else {
             return Ok(0);
-        }
-        let n = data.len().min(RELAY_BODY_MAX);
-        let mut area = [0u8; RELAY_PAYLOAD_LEN];
-        encode_data(&mut area, stream, &data[..n]).map_err(|source| CircError::Msg {
-            hop: self.last_hop(),
-            source,
-        })?;
-        let tracked = self.cc.on_data_sent(now);
-        self.push(self.last_hop(), area, false, tracked);
-        Ok(n)
+        };
+        self.push(hop, cell.area, false, cell.sendme_tracked);
+        Ok(cell.taken)
     }
 
     /// Half-closes `stream`: we send no more data on it.
     pub fn send_fin(&mut self, stream: StreamId) -> Result<(), CircError> {
-        self.streams.local_fin(stream)?;
-        self.queue_msg(self.last_hop(), &RelayMsg::Fin(stream), false)
+        let msg = self.edge.fin(stream)?;
+        self.queue_msg(self.last_hop(), &msg, false)
     }
 
     /// Closes `stream` in both directions.
     pub fn send_end(&mut self, stream: StreamId, reason: EndReason) -> Result<(), CircError> {
-        if self.streams.contains(stream) {
-            self.streams.end(stream);
+        if self.edge.end(stream) {
             self.queue_msg(self.last_hop(), &RelayMsg::End(stream, reason), false)?;
         }
         Ok(())
@@ -420,12 +374,7 @@ impl ClientCircuit {
 
     /// Asks the exit to stop (`paused`) or resume sending on `stream`.
     pub fn send_flow_control(&mut self, stream: StreamId, paused: bool) -> Result<(), CircError> {
-        self.streams.get(stream)?;
-        let msg = if paused {
-            RelayMsg::Xoff(stream)
-        } else {
-            RelayMsg::Xon(stream, Xon { kib_per_sec: None })
-        };
+        let msg = self.edge.flow(stream, paused)?;
         self.queue_msg(self.last_hop(), &msg, false)
     }
 
@@ -454,7 +403,7 @@ impl ClientCircuit {
         body[RELAY_TAG_LEN..].copy_from_slice(&q.area);
         let tag = self.crypto.encrypt_to_tagged(q.hop, &mut body)?;
         if q.sendme_tracked {
-            self.expected_sendmes.push_back(tag);
+            self.edge.track_sent(tag);
         }
         let cmd = if self.early_left > 0 {
             self.early_left -= 1;
@@ -521,11 +470,10 @@ impl ClientCircuit {
                     what: "exit confirmed a SENDME increment of 0",
                 });
             }
-            self.cc = Vegas::new(VegasParams {
+            self.edge.reset_cc(VegasParams {
                 sendme_inc: inc,
                 ..self.vegas.clone()
             });
-            self.sendme_rx = SendmeSchedule::new(inc);
         } else {
             self.extend_to(hop + 1)?;
         }

@@ -13,6 +13,7 @@
 //! order it handled those.
 
 mod client;
+mod edge;
 mod relay;
 mod streams;
 

@@ -7,19 +7,18 @@ use std::time::Instant;
 
 use rand_core::CryptoRng;
 
-use crate::cc::{SendmeSchedule, Vegas, VegasParams};
+use crate::cc::{Vegas, VegasParams};
 use crate::cell::{ChanCmd, Create, Created};
-use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_BODY_MAX, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
+use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
 use crate::crypto::handshake::{relay_handshake_accept, OnionSecretKey, ReplayCache};
 use crate::crypto::layer::{Recognized, RelayCircuitCrypto};
 use crate::ext::{CongestionControl, Extensions, PaymentTerms, PaymentToken, PAYMENT_TOKEN_LEN};
 use crate::relaymsg::{
-    encode_data, BeginFlags, Connected, EndReason, Extended, RelayBound, RelayMsg, Sendme,
-    StreamId, Target, Xon,
+    BeginFlags, Connected, EndReason, Extended, RelayBound, RelayMsg, Sendme, StreamId, Target,
 };
 
-use super::streams::{Lookup, StreamTable};
-use super::{area_of, tags_equal, CircError, SendmeTag};
+use super::edge::{Edge, StreamMsg};
+use super::{area_of, CircError, SendmeTag};
 
 /// The keys a relay answers circuit handshakes with.
 pub struct RelayKeys<'a> {
@@ -158,11 +157,9 @@ pub struct RelayCircuit {
     terms: Option<PaymentTerms>,
     early_seen: usize,
     next: Next,
-    streams: StreamTable,
     queue: VecDeque<Queued>,
-    cc: Vegas,
-    expected_sendmes: VecDeque<SendmeTag>,
-    sendme_rx: SendmeSchedule,
+    /// Streams exiting here, and congestion control toward the client.
+    edge: Edge,
     cells_forward: u64,
     cells_backward: u64,
 }
@@ -171,7 +168,7 @@ impl std::fmt::Debug for RelayCircuit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayCircuit")
             .field("next", &self.next)
-            .field("streams", &self.streams.len())
+            .field("streams", &self.edge.streams.len())
             .finish_non_exhaustive()
     }
 }
@@ -233,15 +230,15 @@ impl RelayCircuit {
             terms,
             early_seen: 0,
             next: Next::None,
-            streams: StreamTable::new(policy.max_streams),
             queue: VecDeque::new(),
             // Both edges must agree on which cells a SENDME acknowledges.
-            cc: Vegas::new(VegasParams {
-                sendme_inc,
-                ..policy.vegas.clone()
-            }),
-            expected_sendmes: VecDeque::new(),
-            sendme_rx: SendmeSchedule::new(sendme_inc),
+            edge: Edge::new(
+                VegasParams {
+                    sendme_inc,
+                    ..policy.vegas.clone()
+                },
+                policy.max_streams,
+            ),
             cells_forward: 0,
             cells_backward: 0,
         };
@@ -265,7 +262,7 @@ impl RelayCircuit {
 
     /// The congestion-control state of data this hop sends as an exit.
     pub fn cc(&self) -> &Vegas {
-        &self.cc
+        &self.edge.cc
     }
 
     /// Handles a RELAY or RELAY_EARLY cell from the client side, peeling our layer in
@@ -358,7 +355,7 @@ impl RelayCircuit {
                 })))
             }
             RelayBound::Begin(stream, begin) => {
-                self.streams.insert(stream)?;
+                self.edge.streams.insert(stream)?;
                 Ok(FromClient::Begin {
                     stream,
                     target: begin.target,
@@ -366,56 +363,37 @@ impl RelayCircuit {
                 })
             }
             RelayBound::Data(stream, data) => {
-                if self.sendme_rx.on_data_received() {
+                if self.edge.on_data_cell() {
                     self.queue_msg(&RelayMsg::Sendme(Sendme { tag: tag_in }))?;
                 }
-                match self.streams.lookup(stream)? {
-                    Lookup::RecentlyEnded => Ok(FromClient::None),
-                    Lookup::Open => {
-                        let s = self.streams.get(stream)?;
-                        if s.peer_fin || !s.connected {
-                            return Err(CircError::Protocol {
-                                what: "DATA before CONNECTED or after FIN",
-                            });
-                        }
-                        Ok(FromClient::Data { stream, data })
-                    }
-                }
+                Ok(match self.edge.on_stream_msg(stream, StreamMsg::Data)? {
+                    true => FromClient::Data { stream, data },
+                    false => FromClient::None,
+                })
             }
-            RelayBound::Fin(stream) => match self.streams.lookup(stream)? {
-                Lookup::RecentlyEnded => Ok(FromClient::None),
-                Lookup::Open => {
-                    self.streams.peer_fin(stream)?;
-                    Ok(FromClient::Fin { stream })
-                }
-            },
-            RelayBound::End(stream, reason) => match self.streams.lookup(stream)? {
-                Lookup::RecentlyEnded => Ok(FromClient::None),
-                Lookup::Open => {
-                    self.streams.end(stream);
-                    Ok(FromClient::End { stream, reason })
-                }
-            },
+            RelayBound::Fin(stream) => {
+                Ok(match self.edge.on_stream_msg(stream, StreamMsg::Fin)? {
+                    true => FromClient::Fin { stream },
+                    false => FromClient::None,
+                })
+            }
+            RelayBound::End(stream, reason) => {
+                Ok(match self.edge.on_stream_msg(stream, StreamMsg::End)? {
+                    true => FromClient::End { stream, reason },
+                    false => FromClient::None,
+                })
+            }
             RelayBound::Xoff(stream) | RelayBound::Xon(stream, _) => {
                 let paused = matches!(msg, RelayBound::Xoff(_));
-                match self.streams.lookup(stream)? {
-                    Lookup::RecentlyEnded => Ok(FromClient::None),
-                    Lookup::Open => {
-                        self.streams.get_mut(stream)?.peer_xoff = paused;
-                        Ok(FromClient::FlowControl { stream, paused })
-                    }
-                }
+                Ok(
+                    match self.edge.on_stream_msg(stream, StreamMsg::Flow(paused))? {
+                        true => FromClient::FlowControl { stream, paused },
+                        false => FromClient::None,
+                    },
+                )
             }
             RelayBound::Sendme(Sendme { tag: got }) => {
-                match self.expected_sendmes.pop_front() {
-                    Some(want) if tags_equal(&want, &got) => {}
-                    _ => {
-                        return Err(CircError::Protocol {
-                            what: "SENDME with a tag of no cell we sent",
-                        })
-                    }
-                }
-                self.cc.on_sendme(now)?;
+                self.edge.on_sendme(&got, now)?;
                 Ok(FromClient::None)
             }
             RelayBound::Drop(_) => Ok(FromClient::None),
@@ -458,13 +436,10 @@ impl RelayCircuit {
         addr: Option<IpAddr>,
         ttl: u32,
     ) -> Result<(), CircError> {
-        let s = self.streams.get_mut(stream)?;
-        if s.connected {
-            return Err(CircError::Protocol {
-                what: "stream connected twice",
-            });
+        if !self.edge.on_connected(stream)? {
+            // The client ended the stream while we connected.
+            return Err(CircError::UnknownStream(stream));
         }
-        s.connected = true;
         self.queue_msg(&RelayMsg::Connected(stream, Connected { addr, ttl }))
     }
 
@@ -475,11 +450,7 @@ impl RelayCircuit {
 
     /// Whether congestion and flow control let `stream` send now.
     pub fn can_send(&self, stream: StreamId) -> bool {
-        self.cc.can_send()
-            && self
-                .streams
-                .get(stream)
-                .is_ok_and(|s| s.connected && !s.peer_xoff && !s.local_fin)
+        self.edge.can_send(stream)
     }
 
     /// Queues up to one cell of `data` from the destination on `stream`; returns how many
@@ -490,36 +461,30 @@ impl RelayCircuit {
         data: &[u8],
         now: Instant,
     ) -> Result<usize, CircError> {
-        if self.streams.get(stream)?.local_fin {
-            return Err(CircError::Protocol {
-                what: "DATA after our own FIN",
-            });
-        }
-        if !self.can_send(stream) || data.is_empty() {
+        self.edge.check_may_send(stream)?;
+        let Some(cell) = self
+            .edge
+            .data_cell(stream, data, now)
+            .map_err(|source| CircError::Msg { hop: 0, source })?
+        else {
             return Ok(0);
-        }
-        let n = data.len().min(RELAY_BODY_MAX);
-        let mut area = [0u8; RELAY_PAYLOAD_LEN];
-        encode_data(&mut area, stream, &data[..n])
-            .map_err(|source| CircError::Msg { hop: 0, source })?;
-        let tracked = self.cc.on_data_sent(now);
+        };
         self.queue.push_back(Queued {
-            sendme_tracked: tracked,
-            area,
+            sendme_tracked: cell.sendme_tracked,
+            area: cell.area,
         });
-        Ok(n)
+        Ok(cell.taken)
     }
 
     /// The destination closed its side: queues FIN.
     pub fn send_fin(&mut self, stream: StreamId) -> Result<(), CircError> {
-        self.streams.local_fin(stream)?;
-        self.queue_msg(&RelayMsg::Fin(stream))
+        let msg = self.edge.fin(stream)?;
+        self.queue_msg(&msg)
     }
 
     /// Closes `stream` both ways: queues END.
     pub fn send_end(&mut self, stream: StreamId, reason: EndReason) -> Result<(), CircError> {
-        if self.streams.contains(stream) {
-            self.streams.end(stream);
+        if self.edge.end(stream) {
             self.queue_msg(&RelayMsg::End(stream, reason))?;
         }
         Ok(())
@@ -527,12 +492,7 @@ impl RelayCircuit {
 
     /// Asks the client to stop (`paused`) or resume sending on `stream`.
     pub fn send_flow_control(&mut self, stream: StreamId, paused: bool) -> Result<(), CircError> {
-        self.streams.get(stream)?;
-        let msg = if paused {
-            RelayMsg::Xoff(stream)
-        } else {
-            RelayMsg::Xon(stream, Xon { kib_per_sec: None })
-        };
+        let msg = self.edge.flow(stream, paused)?;
         self.queue_msg(&msg)
     }
 
@@ -543,7 +503,7 @@ impl RelayCircuit {
 
     /// Ids of the open streams (to close their connections when the circuit goes).
     pub fn stream_ids(&self) -> Vec<StreamId> {
-        self.streams.ids().collect()
+        self.edge.streams.ids().collect()
     }
 
     /// Whether cells are waiting for [`RelayCircuit::poll_backward`].
@@ -563,7 +523,7 @@ impl RelayCircuit {
         if q.sendme_tracked {
             let mut tag: SendmeTag = [0; RELAY_TAG_LEN];
             tag.copy_from_slice(&body[..RELAY_TAG_LEN]);
-            self.expected_sendmes.push_back(tag);
+            self.edge.track_sent(tag);
         }
         self.cells_backward += 1;
         Ok(Some(body))
