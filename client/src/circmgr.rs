@@ -156,7 +156,8 @@ pub struct CircMgr {
     pub(crate) need_relays: Notify,
     refilling: AtomicBool,
     closing: AtomicBool,
-    cache: Option<Cache>,
+    /// Taken (flushed and dropped, releasing the database) by [`CircMgr::close`].
+    cache: Mutex<Option<Cache>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,7 +221,7 @@ impl CircMgr {
             need_relays: Notify::new(),
             refilling: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            cache,
+            cache: Mutex::new(cache),
         }
     }
 
@@ -234,7 +235,7 @@ impl CircMgr {
         let mut set = self.relays.write().unwrap_or_else(|e| e.into_inner());
         for d in descs {
             if set.insert_checked(d.clone()).is_ok() {
-                if let Some(c) = &self.cache {
+                if let Some(c) = lock(&self.cache).as_ref() {
                     let _ = c.store_descriptor(d);
                 }
             }
@@ -251,6 +252,12 @@ impl CircMgr {
     /// The build timeout the next build gets.
     pub fn build_timeout(&self) -> Duration {
         lock(&self.buildtime).timeout()
+    }
+
+    /// A snapshot of the build-timeout estimator (samples, quantiles, success and timeout
+    /// counts) behind [`CircMgr::build_timeout`].
+    pub fn build_times(&self) -> BuildTimeEstimator {
+        lock(&self.buildtime).clone()
     }
 
     /// Circuits built since the start.
@@ -287,8 +294,10 @@ impl CircMgr {
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
         lock(&self.state).pool.clear();
-        if let Some(c) = &self.cache {
-            let _ = c.flush();
+        if let Some(c) = lock(&self.cache).take() {
+            if let Err(e) = c.flush() {
+                warn!("flushing the relay cache: {e}");
+            }
         }
     }
 
@@ -458,8 +467,8 @@ impl CircMgr {
         let started = Instant::now();
         let (path, new_guard) = self.choose_path(target).map_err(Attempt::NoPath)?;
         if new_guard {
-            if let Some(c) = &self.cache {
-                let guards = lock(&self.state).guards.clone();
+            let guards = lock(&self.state).guards.clone();
+            if let Some(c) = lock(&self.cache).as_ref() {
                 let _ = c.store_guards(&guards);
             }
         }
@@ -619,7 +628,7 @@ enum Attempt {
 
 impl Drop for CircMgr {
     fn drop(&mut self) {
-        if let Some(c) = &self.cache {
+        if let Some(c) = lock(&self.cache).as_ref() {
             if let Err(e) = c.flush() {
                 warn!("flushing the relay cache: {e}");
             }

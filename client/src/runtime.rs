@@ -67,6 +67,9 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Circuit manager settings; `hops` and `price_cap` are taken from the [`ClientConfig`].
+    /// The maximum circuit age is `mgr.max_dirtiness` (new streams stop using a circuit this
+    /// long after its first stream; it closes once idle) and `mgr.max_clean_age` (an unused
+    /// circuit is replaced); the build timeout is learned within `mgr.buildtime`.
     pub mgr: MgrConfig,
     /// SOCKS listener settings.
     pub socks: SocksSettings,
@@ -129,7 +132,8 @@ impl ClientHandle {
             .map_err(|_| ClientError::NotReady(timeout, self.mgr.relay_count()))
     }
 
-    /// Stops the listener, discovery and maintenance, and closes every circuit.
+    /// Stops the listener, discovery and maintenance, closes every circuit, and flushes and
+    /// releases the relay cache (a new client may open the same data directory at once).
     pub async fn shutdown(self) {
         for t in &self.tasks {
             t.abort();
