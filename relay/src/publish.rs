@@ -2,15 +2,29 @@
 //! descriptor request of docs/spec/descriptor.md), put it in the DHT as a BEP44 mutable
 //! item, announce the OR port under the network's shard infohash, and re-publish on the
 //! directory's schedule. Onion-key rotation re-signs and re-publishes at once.
+//!
+//! The relay's DHT node runs in server mode with the directory's request filter installed, and
+//! a background task runs the directory's discovery on that node on a backing-off schedule
+//! (30 s while the view changes, up to every 10 min, ±20 % jitter) to fill the PEX batch served
+//! with the descriptor: up to [`PEX_SERVE_ENTRIES`] descriptors of other relays that answered
+//! this relay's own descriptor request within the last 3 intervals (docs/spec/descriptor.md).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use mainline::Dht;
+use mainline::async_dht::AsyncDht;
+use mainline::{Dht, ServerSettings};
 use onionvpn_directory::descriptor::{LinkKey, LnNodeId, ProtoVersion, DEFAULT_LIFETIME_SECS};
-use onionvpn_directory::dht::{unix_now, PublishSchedule, Publisher, Served};
+use onionvpn_directory::dht::{
+    discover, unix_now, DiscoveryConfig, PublishSchedule, Publisher, Served, TcpFetcher,
+};
+use onionvpn_directory::filter::{FilterConfig, RelayRequestFilter};
+use onionvpn_directory::pex::{
+    build_pex, select_pex, PexSchedule, PEX_INTERVAL, PEX_MIN_INTERVAL, PEX_SERVE_ENTRIES,
+};
+use onionvpn_directory::RelaySet;
 use onionvpn_directory::{
     Descriptor, DescriptorBody, DescriptorError, ExitPolicy, IdentityKey, Network,
     UncheckedDescriptor,
@@ -30,6 +44,42 @@ pub const PROTOCOLS: [ProtoVersion; 2] = [
 
 /// How often the publication loop wakes up to check the schedule and key rotation.
 const TICK: Duration = Duration::from_secs(60);
+
+/// How the relay fills the PEX batch it serves.
+#[derive(Debug, Clone)]
+pub struct PexOptions {
+    /// Run the background discovery and serve a PEX batch (needs `publish`: it uses the
+    /// relay's DHT node).
+    pub enabled: bool,
+    /// Shortest wait between passes (after a pass that learned a new relay; also the first).
+    pub min_interval: Duration,
+    /// Longest wait between passes (the view is stable); the liveness window is 3 × this.
+    pub interval: Duration,
+    /// Most entries served (≤ 64, the batch's bound).
+    pub entries: usize,
+    /// Discovery limits of one pass.
+    pub discovery: DiscoveryConfig,
+}
+
+impl Default for PexOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_interval: PEX_MIN_INTERVAL,
+            interval: PEX_INTERVAL,
+            entries: PEX_SERVE_ENTRIES,
+            discovery: DiscoveryConfig {
+                // Leave room on the shared DHT node for the relay's own puts and announces.
+                dht_concurrency: 2,
+                fetch_concurrency: 8,
+                deadline: Duration::from_secs(60),
+                // Only relays that answer this relay directly are served: no lookups by key.
+                refresh_from_dht: false,
+                ..DiscoveryConfig::default()
+            },
+        }
+    }
+}
 
 /// The relay's current descriptor and what it serves on its OR port.
 #[derive(Debug)]
@@ -117,6 +167,11 @@ fn build_dht(bootstrap: &[String], bind: Option<Ipv4Addr>) -> std::io::Result<Dh
     let mut b = Dht::builder();
     b.server_mode();
     b.bootstrap(bootstrap);
+    // mainline's server has no rate limiting of its own.
+    b.server_settings(ServerSettings {
+        filter: Box::new(RelayRequestFilter::new(FilterConfig::default())),
+        ..ServerSettings::default()
+    });
     let local = !bootstrap.is_empty()
         && bootstrap.iter().all(|s| {
             s.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
@@ -144,6 +199,7 @@ pub(crate) async fn publish_loop(
     addresses: Vec<SocketAddr>,
     or_port: u16,
     dht_bind: Option<Ipv4Addr>,
+    pex: PexOptions,
     shared: Arc<Shared>,
     publication: Arc<Publication>,
 ) {
@@ -160,6 +216,16 @@ pub(crate) async fn publish_loop(
             return;
         }
     };
+    if pex.enabled {
+        tokio::spawn(pex_loop(
+            dht.clone(),
+            network.clone(),
+            keys.identity_public(),
+            publication.served(),
+            pex,
+            shared.clone(),
+        ));
+    }
     // The announced port: that of the first IPv4 address published (the DHT is IPv4-only).
     let announce_port = addresses
         .iter()
@@ -235,5 +301,63 @@ pub(crate) async fn publish_loop(
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Discovers the relay's network on its own DHT node on the PEX schedule and serves what it
+/// confirmed as the PEX batch, until shutdown.
+async fn pex_loop(
+    dht: AsyncDht,
+    network: Network,
+    own: IdentityKey,
+    served: Arc<tokio::sync::RwLock<Served>>,
+    opts: PexOptions,
+    shared: Arc<Shared>,
+) {
+    let mut shutdown = shared.shutdown_rx();
+    let mut sched = PexSchedule::new(opts.min_interval, opts.interval);
+    let live = sched.live_window().as_secs().max(1);
+    let fetcher = TcpFetcher {
+        timeout: Duration::from_secs(3),
+    };
+    let mut set = RelaySet::new(network);
+    let mut wait = sched.first(&mut rand::rng());
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let before: std::collections::BTreeSet<IdentityKey> =
+            set.iter().map(|d| d.identity()).collect();
+        // Liveness counts from the pass's start: a slow pass must not age out what it confirmed.
+        let live_since = unix_now().saturating_sub(live);
+        let rep = discover(&dht, &fetcher, &mut set, &opts.discovery, 1).await;
+        let now = unix_now();
+        set.expire(now);
+        set.forget_unconfirmed(live_since);
+        let learned_new = set.iter().any(|d| !before.contains(&d.identity()));
+        let batch = {
+            let sel = select_pex(&set, &own, live_since, now, opts.entries, &mut rand::rng());
+            let n = sel.len();
+            if n == 0 {
+                Ok((Vec::new(), 0))
+            } else {
+                build_pex(sel).map(|b| (b, n))
+            }
+        };
+        match batch {
+            Ok((b, n)) => {
+                served.write().await.pex = b;
+                debug!(
+                    "PEX pass: {} relays known, {n} served, {} addresses, {} fetched, {:?}",
+                    set.len(),
+                    rep.addresses,
+                    rep.fetched,
+                    rep.elapsed
+                );
+            }
+            Err(e) => warn!("PEX batch not built: {e}"),
+        }
+        wait = sched.after_pass(learned_new, &mut rand::rng());
     }
 }

@@ -83,6 +83,8 @@ pub struct RuntimeOptions {
     pub create_queue: usize,
     /// How long [`RelayHandle::shutdown`] waits for circuits to send their DESTROYs.
     pub shutdown_grace: Duration,
+    /// The PEX batch served with the descriptor: background discovery on the relay's DHT node.
+    pub pex: publish::PexOptions,
 }
 
 impl Default for RuntimeOptions {
@@ -96,6 +98,7 @@ impl Default for RuntimeOptions {
             channel: ChannelConfig::default(),
             create_queue: 1024,
             shutdown_grace: Duration::from_secs(2),
+            pex: publish::PexOptions::default(),
         }
     }
 }
@@ -479,6 +482,7 @@ async fn start_inner(
             addresses,
             or_addr.port(),
             opts.dht_bind,
+            opts.pex.clone(),
             shared.clone(),
             publication.clone(),
         ));
