@@ -197,4 +197,48 @@ mod tests {
         }
         assert_eq!(e.timeout(), Duration::from_secs(60));
     }
+
+    proptest::proptest! {
+        /// Whatever was observed: the initial timeout until `min_samples`, then
+        /// quantile × multiplier of the last `window` samples, within [floor, ceiling].
+        #[test]
+        fn timeout_follows_the_recent_observations(
+            obs in proptest::collection::vec((0u64..20_000, proptest::bool::ANY), 0..60),
+            window in 1usize..30,
+            min_samples in 1usize..10,
+        ) {
+            let cfg = BuildTimeConfig {
+                window,
+                min_samples,
+                floor: ms(50),
+                ceiling: ms(30_000),
+                ..BuildTimeConfig::default()
+            };
+            let mut e = BuildTimeEstimator::new(cfg.clone());
+            let mut recent = std::collections::VecDeque::new();
+            for (m, timed_out) in obs {
+                if timed_out {
+                    let t = e.timeout();
+                    e.record_timeout(t);
+                    recent.push_back(t);
+                } else {
+                    e.record_success(ms(m));
+                    recent.push_back(ms(m));
+                }
+                if recent.len() > window {
+                    recent.pop_front();
+                }
+                let t = e.timeout();
+                proptest::prop_assert!(t >= cfg.floor && t <= cfg.ceiling.max(cfg.initial));
+                if recent.len() < min_samples {
+                    proptest::prop_assert_eq!(t, cfg.initial);
+                } else {
+                    let mut v: Vec<Duration> = recent.iter().copied().collect();
+                    v.sort_unstable();
+                    let q = v[(90 * v.len()).div_ceil(100).max(1) - 1];
+                    proptest::prop_assert_eq!(t, (q * 3).clamp(cfg.floor, cfg.ceiling));
+                }
+            }
+        }
+    }
 }
