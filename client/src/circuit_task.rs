@@ -549,15 +549,19 @@ impl Task {
         }
     }
 
-    /// Sends every cell the state machine has queued, in order.
+    /// Sends every cell the state machine has queued, in order, as one batch.
     async fn flush(&mut self) -> Result<(), Stop> {
+        let mut batch = Vec::new();
         while let Some(out) = self.circ.poll_cell()? {
-            self.chan
-                .send(Cell::with_body(self.circ_id, out.cmd, &out.body))
-                .await
-                .map_err(|_| Stop::ChannelClosed)?;
+            if batch.is_empty() {
+                batch.reserve(BATCH);
+            }
+            batch.push(Cell::with_body(self.circ_id, out.cmd, &out.body));
         }
-        Ok(())
+        self.chan
+            .send_batch(batch)
+            .await
+            .map_err(|_| Stop::ChannelClosed)
     }
 
     fn on_cell(&mut self, mut cell: Cell) -> Result<(), Stop> {

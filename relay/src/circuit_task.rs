@@ -27,8 +27,9 @@ use crate::runtime::Shared;
 const STREAM_EVENTS: usize = 64;
 /// Cells handled between two updates of the memory accounting.
 const QUOTA_EVERY: u32 = 64;
-/// Cells taken from one queue in a row before looking at the others again.
-const BATCH: usize = 32;
+/// Cells taken from one queue in a row before looking at the others again (and before the
+/// cells they produced are handed to the channels).
+const BATCH: usize = 128;
 /// Longest time between two updates of the memory accounting of a busy or idle circuit.
 const QUOTA_TICK: Duration = Duration::from_millis(500);
 
@@ -137,6 +138,11 @@ pub(crate) struct CircuitTask {
     kill: Arc<tokio::sync::Notify>,
     quota_charged: usize,
     since_quota: u32,
+    /// Cells for the previous hop, in the order they were wrapped (forwarded from the next
+    /// hop, or our own from `poll_backward`); handed to the channel in one batch per turn.
+    to_prev: Vec<Cell>,
+    /// Cells for the next hop, in the order they were peeled.
+    to_next: Vec<Cell>,
 }
 
 impl CircuitTask {
@@ -166,6 +172,8 @@ impl CircuitTask {
             kill,
             quota_charged: 0,
             since_quota: 0,
+            to_prev: Vec::with_capacity(BATCH),
+            to_next: Vec::with_capacity(BATCH),
         }
     }
 
@@ -173,6 +181,8 @@ impl CircuitTask {
     pub(crate) async fn run(mut self) {
         let mut shutdown = self.shared.shutdown_rx();
         let stop = self.run_inner(&mut shutdown).await;
+        // Cells handled before the end still go out, ahead of the DESTROY.
+        self.send_batches().await;
         let (to_prev, to_next) = match stop {
             Stop::Both(r) => (Some(r), Some(r)),
             Stop::FromPrev => (None, Some(DestroyReason::Destroyed)),
@@ -315,19 +325,31 @@ impl CircuitTask {
             }
         }
         while let Some(body) = self.circ.poll_backward()? {
-            self.send_prev(Cell::with_body(self.prev_id, ChanCmd::Relay, &body))
-                .await;
+            self.to_prev
+                .push(Cell::with_body(self.prev_id, ChanCmd::Relay, &body));
         }
+        self.send_batches().await;
         Ok(())
     }
 
-    async fn send_prev(&self, cell: Cell) {
-        // A closed channel shows up as the end of prev_rx on the next turn.
-        let _ = self.prev.send(cell).await;
-        self.shared
-            .stats
-            .cells_backward
-            .fetch_add(1, Ordering::Relaxed);
+    /// Hands the cells gathered this turn to the channels, one batch per direction, in the
+    /// order they were encrypted.
+    async fn send_batches(&mut self) {
+        if !self.to_next.is_empty() {
+            let batch = std::mem::replace(&mut self.to_next, Vec::with_capacity(BATCH));
+            if let Next::Open { chan, .. } = &self.next {
+                // A closed channel shows up as the end of its queue on the next turn.
+                let _ = chan.send_batch(batch).await;
+            }
+        }
+        if !self.to_prev.is_empty() {
+            let batch = std::mem::replace(&mut self.to_prev, Vec::with_capacity(BATCH));
+            self.shared
+                .stats
+                .cells_backward
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let _ = self.prev.send_batch(batch).await;
+        }
     }
 
     /// Handles `first` and up to [`BATCH`]` - 1` more cells already queued from the previous
@@ -384,10 +406,10 @@ impl CircuitTask {
         let ev = self.circ.handle_forward(cmd, cell.body_mut(), now)?;
         match ev {
             FromClient::Forward { .. } => {
-                if let Next::Open { chan, id, .. } = &self.next {
+                if let Next::Open { id, .. } = &self.next {
                     cell.set_circ_id(*id);
                     // RELAY_EARLY stays RELAY_EARLY: `cmd` is unchanged in the cell.
-                    let _ = chan.send(cell).await;
+                    self.to_next.push(cell);
                 }
             }
             FromClient::Extend(req) => self.start_extend(req),
@@ -439,7 +461,7 @@ impl CircuitTask {
         cell.set_circ_id(self.prev_id);
         // Toward the client every cell is RELAY (RELAY_EARLY only goes forward).
         cell.set_cmd(ChanCmd::Relay);
-        self.send_prev(cell).await;
+        self.to_prev.push(cell);
         Ok(Flow::Continue)
     }
 

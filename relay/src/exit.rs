@@ -19,8 +19,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Bytes a reader takes from the destination socket at once.
-pub const READ_CHUNK: usize = 16 * 1024;
+/// Bytes a reader takes from the destination socket at once (at most; one read call).
+pub const READ_CHUNK: usize = 32 * 1024;
 /// Chunks a reader may have waiting at its circuit before it stops reading.
 pub const READ_PERMITS: usize = 2;
 /// Cells of client data queued toward one destination socket before the stream is ended.
@@ -181,17 +181,15 @@ pub async fn reader(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let mut chunk = vec![0u8; READ_CHUNK];
-        let ev = match rd.read(&mut chunk).await {
+        // Read into the spare capacity: no zeroing of the buffer first.
+        let mut chunk = Vec::with_capacity(READ_CHUNK);
+        let ev = match rd.read_buf(&mut chunk).await {
             Ok(0) => StreamEvent::Eof { stream },
-            Ok(n) => {
-                chunk.truncate(n);
-                StreamEvent::Data {
-                    stream,
-                    chunk,
-                    permit,
-                }
-            }
+            Ok(_) => StreamEvent::Data {
+                stream,
+                chunk,
+                permit,
+            },
             Err(_) => StreamEvent::Failed { stream },
         };
         let last = !matches!(ev, StreamEvent::Data { .. });

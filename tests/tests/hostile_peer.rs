@@ -1,4 +1,5 @@
-//! A peer that sends garbage, truncated or out-of-context cells is cut off, while transfers
+//! A peer that sends garbage, truncated or out-of-context cells (for a circuit never opened
+//! on the link) is cut off, while transfers
 //! on other circuits through the same relays finish intact.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -73,16 +74,28 @@ async fn attack(addr: std::net::SocketAddr, id: [u8; 32], link_key: [u8; 32]) {
     l.sock.write_all(&frame).await.unwrap();
     assert_cut_off(&mut l, "a frame that fails authentication").await;
 
-    // Out of context: a CREATE whose handshake is garbage is refused (DESTROY on that
-    // circuit, or the link closed); RELAY and CREATED cells for circuits that do not
-    // exist are never acted upon.
+    // Out of context: RELAY, RELAY_EARLY, CREATED or DESTROY for a circuit that was never
+    // opened on the link cut the link off, each on its own link.
+    for cmd in [
+        ChanCmd::Relay,
+        ChanCmd::RelayEarly,
+        ChanCmd::Created,
+        ChanCmd::Destroy,
+    ] {
+        let mut l = RawLink::connect(addr, id, link_key).await.unwrap();
+        l.send_raw_cells(&[cell(client_circ_id(), cmd as u8)])
+            .await
+            .unwrap();
+        assert_cut_off(&mut l, &format!("{cmd:?} for a circuit never opened")).await;
+    }
+
+    // A CREATE whose handshake is garbage is refused (DESTROY on that circuit, or the link
+    // closed); nothing but DESTROY ever comes back.
     let mut l = RawLink::connect(addr, id, link_key).await.unwrap();
     let circ = client_circ_id();
     let mut create = cell(circ, 1);
     create[5..5 + CELL_BODY_LEN].fill(0x5A);
-    l.send_raw_cells(&[cell(client_circ_id(), 3), cell(client_circ_id(), 2), create])
-        .await
-        .unwrap();
+    l.send_raw_cells(&[create]).await.unwrap();
     let (cells, closed) = l.read_until_closed(Duration::from_secs(3)).await;
     let destroyed = cells
         .iter()
@@ -95,7 +108,7 @@ async fn attack(addr: std::net::SocketAddr, id: [u8; 32], link_key: [u8; 32]) {
         cells
             .iter()
             .all(|c| c[4] == ChanCmd::Destroy as u8 || c[4] == 0),
-        "the relay answered out-of-context cells with something other than DESTROY"
+        "the relay answered a garbage CREATE with something other than DESTROY"
     );
 }
 
