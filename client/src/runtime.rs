@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mainline::async_dht::AsyncDht;
-use mainline::Dht;
 use onionvpn_directory::cache::Cache;
-use onionvpn_directory::dht::{discover, unix_now, DiscoveryConfig, TcpFetcher};
+use onionvpn_directory::dht::{
+    discover, unix_now, ClientDht, ClientNodeConfig, DiscoveryConfig, TcpFetcher,
+};
 use onionvpn_directory::network::{NetworkKey, PUBLIC_NETWORK_NAME};
 use onionvpn_directory::path::GuardSet;
 use onionvpn_directory::{Descriptor, Network, RelaySet};
@@ -229,12 +229,11 @@ pub async fn start_client_with(
             mgr.add_relays(list.iter());
         }
         None => {
-            let dht = Dht::builder()
-                .bootstrap(&config.bootstrap)
-                .request_timeout(opts.dht_request_timeout)
-                .build()
-                .map_err(|e| ClientError::Dht(e.to_string()))?
-                .as_async();
+            // A client-mode node that replaces itself before mainline could promote it to
+            // server mode: clients never answer DHT requests or sit in routing tables.
+            let mut node_cfg = ClientNodeConfig::new(config.bootstrap.clone());
+            node_cfg.request_timeout = opts.dht_request_timeout;
+            let dht = ClientDht::new(node_cfg).map_err(|e| ClientError::Dht(e.to_string()))?;
             tasks.push(tokio::spawn(discovery_loop(
                 dht,
                 network.clone(),
@@ -259,8 +258,8 @@ pub async fn start_client_with(
 
 /// Runs discovery passes: at once, again quickly while too few relays are known, then every
 /// `rediscover_every` or when path selection asks for more relays.
-async fn discovery_loop(dht: AsyncDht, network: Network, mgr: Arc<CircMgr>, opts: RuntimeOptions) {
-    dht.bootstrapped().await;
+async fn discovery_loop(dht: ClientDht, network: Network, mgr: Arc<CircMgr>, opts: RuntimeOptions) {
+    dht.node().bootstrapped().await;
     let fetcher = TcpFetcher {
         timeout: Duration::from_secs(3),
     };
