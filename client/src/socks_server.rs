@@ -202,16 +202,16 @@ async fn copy_both_ways(sock: &mut TcpStream, stream: &Stream, chunk: usize) -> 
     let (mut rd, mut wr) = sock.split();
     let up = async {
         loop {
-            let mut buf = vec![0u8; chunk.max(1)];
-            match rd.read(&mut buf).await {
+            // Read into spare capacity: no zeroing of a fresh buffer per read.
+            let mut buf = Vec::with_capacity(chunk.max(1));
+            match rd.read_buf(&mut buf).await {
                 Ok(0) => {
                     return match stream.send_fin().await {
                         Ok(()) => Half::Done,
                         Err(_) => Half::StreamEnded,
                     };
                 }
-                Ok(n) => {
-                    buf.truncate(n);
+                Ok(_) => {
                     if stream.send(buf).await.is_err() {
                         return Half::StreamEnded;
                     }
