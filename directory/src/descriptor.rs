@@ -1,7 +1,7 @@
 //! Relay descriptors: canonical binary encoding, inner ed25519 signature, and the
 //! unchecked → checked pipeline.
 //!
-//! Byte layout: docs/spec/descriptor.md. Every descriptor is self-authenticating: the identity
+//! Byte layout: docs/spec.md. Every descriptor is self-authenticating: the identity
 //! key inside it signs all preceding bytes, so it can travel through the DHT (BEP44, whose own
 //! signature covers the same bytes as the value), over a link, through PEX or from the cache, and
 //! every receiver verifies it the same way.
@@ -15,7 +15,7 @@ use crate::network::NetworkId;
 use crate::policy::{ExitPolicy, PolicyAction, PortRule, MAX_POLICY_RULES};
 
 /// Largest encoded descriptor, signature included. BEP44 allows 1000 bytes of bencoded value;
-/// 995 bytes of raw value interoperates with other DHT implementations (docs/spec/descriptor.md).
+/// 995 bytes of raw value interoperates with other DHT implementations (docs/spec.md).
 pub const MAX_DESCRIPTOR_LEN: usize = 995;
 /// Four magic bytes at the start of every descriptor: `"OVD1"`.
 pub const DESCRIPTOR_MAGIC: [u8; 4] = *b"OVD1";

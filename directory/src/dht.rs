@@ -215,7 +215,7 @@ pub trait DescriptorFetcher: Send + Sync {
     fn fetch(&self, addr: SocketAddr) -> impl Future<Output = Result<Served, FetchError>> + Send;
 }
 
-/// Fetches over the plain TCP descriptor request (docs/spec/descriptor.md, "Descriptor request").
+/// Fetches over the plain TCP descriptor request (docs/spec.md, "Descriptor request").
 #[derive(Debug, Clone, Copy)]
 pub struct TcpFetcher {
     /// Whole-exchange timeout.

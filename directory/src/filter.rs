@@ -1,5 +1,5 @@
 //! The request filter relays install on their mainline DHT node: `mainline`'s server has no rate
-//! limiting of its own (docs/spec/descriptor.md, "DHT request filter").
+//! limiting of its own (docs/spec.md, "DHT request filter").
 //!
 //! [`RequestLimiter`] is sans-IO (time passed in): token buckets per source IPv4 and one global
 //! bucket, request kinds weighted by cost, immutable puts refused (onionvpn never uses them).

@@ -1,6 +1,6 @@
 //! Networks: the public overlay and private overlays named by a key file.
 //!
-//! A network fixes three derived values (docs/spec/descriptor.md, "Networks"):
+//! A network fixes three derived values (docs/spec.md, "Networks"):
 //! the 16-byte network id written in every descriptor, the BEP44 salt under which relays store
 //! their descriptors, and the announce infohashes (one per shard). For a private network all
 //! three come from a 32-byte secret, so outsiders can neither enumerate its relays nor mistake

@@ -42,7 +42,7 @@ pub enum Offered {
 ///
 /// For each relay it also remembers when the relay itself last served the copy held
 /// ("confirmed"): discovery skips the DHT lookup of relays confirmed during the pass, and a relay
-/// serves in PEX only relays it confirmed recently (docs/spec/descriptor.md).
+/// serves in PEX only relays it confirmed recently (docs/spec.md).
 #[derive(Debug, Clone)]
 pub struct RelaySet {
     network: Network,

@@ -1,5 +1,5 @@
 //! Descriptor publication: build and sign the descriptor, serve it on the OR port (the
-//! descriptor request of docs/spec/descriptor.md), put it in the DHT as a BEP44 mutable
+//! descriptor request of docs/spec.md), put it in the DHT as a BEP44 mutable
 //! item, announce the OR port under the network's shard infohash, and re-publish on the
 //! directory's schedule. Onion-key rotation re-signs and re-publishes at once.
 //!
@@ -7,7 +7,7 @@
 //! a background task runs the directory's discovery on that node on a backing-off schedule
 //! (30 s while the view changes, up to every 10 min, ±20 % jitter) to fill the PEX batch served
 //! with the descriptor: up to [`PEX_SERVE_ENTRIES`] descriptors of other relays that answered
-//! this relay's own descriptor request within the last 3 intervals (docs/spec/descriptor.md).
+//! this relay's own descriptor request within the last 3 intervals (docs/spec.md).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::keys::KeyStore;
 use crate::runtime::Shared;
 
-/// Protocols a relay of this version speaks (docs/spec/relay-runtime.md): link v1 (id 1) and
+/// Protocols a relay of this version speaks (docs/spec.md): link v1 (id 1) and
 /// circuits with relay crypto v1 (id 2).
 pub const PROTOCOLS: [ProtoVersion; 2] = [
     ProtoVersion { id: 1, version: 1 },

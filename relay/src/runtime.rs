@@ -611,7 +611,7 @@ async fn is_descriptor_request(sock: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
-/// Answers one descriptor request (docs/spec/descriptor.md, "Descriptor request").
+/// Answers one descriptor request (docs/spec.md, "Descriptor request").
 async fn serve_descriptor(
     mut sock: TcpStream,
     served: Arc<tokio::sync::RwLock<Served>>,
