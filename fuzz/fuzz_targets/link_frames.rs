@@ -4,32 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use onionvpn_proto::consts::CELL_LEN;
 use onionvpn_proto::link::{FrameDecoder, LinkInitiator, LinkResponder, LinkSecretKey, MAX_FRAME_LEN};
 
-/// Deterministic bytes for keys and ephemerals (fuzzing only).
-struct FuzzRng(u64);
-impl rand_core::TryRng for FuzzRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in dst.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-impl rand_core::TryCryptoRng for FuzzRng {}
 
 /// Feeds `wire` in chunks whose sizes come from `sizes`, calling `f` on every frame.
 fn decode(wire: &[u8], sizes: &[u8], mut f: impl FnMut(&[u8]) -> bool) {
@@ -60,7 +39,7 @@ fn decode(wire: &[u8], sizes: &[u8], mut f: impl FnMut(&[u8]) -> bool) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    let mut rng = FuzzRng(1);
+    let mut rng = StdRng::seed_from_u64(1);
     let secret = LinkSecretKey::generate(&mut rng);
     let id = [7u8; 32];
     if mode & 1 == 0 {

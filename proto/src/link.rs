@@ -721,33 +721,11 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct TestRng(u64);
-    impl rand_core::TryRng for TestRng {
-        type Error = core::convert::Infallible;
-        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-            Ok(self.try_next_u64()? as u32)
-        }
-        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-            // splitmix64
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            Ok(z ^ (z >> 31))
-        }
-        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-            for chunk in dst.chunks_mut(8) {
-                let v = self.try_next_u64()?.to_le_bytes();
-                chunk.copy_from_slice(&v[..chunk.len()]);
-            }
-            Ok(())
-        }
-    }
-    impl rand_core::TryCryptoRng for TestRng {}
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
 
     fn pair() -> (Link, Link) {
-        let mut rng = TestRng(1);
+        let mut rng = StdRng::seed_from_u64(1);
         let secret = LinkSecretKey::generate(&mut rng);
         let id = [3u8; 32];
         let (init, f1) = LinkInitiator::new(&mut rng, id, secret.public()).unwrap();
@@ -778,7 +756,7 @@ mod tests {
     #[test]
     fn same_rng_seed_same_bytes() {
         let run = || {
-            let mut rng = TestRng(9);
+            let mut rng = StdRng::seed_from_u64(9);
             let secret = LinkSecretKey::generate(&mut rng);
             let (_, f1) = LinkInitiator::new(&mut rng, [1; 32], secret.public()).unwrap();
             f1

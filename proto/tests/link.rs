@@ -7,37 +7,14 @@ use onionvpn_proto::link::{
     MAX_CELLS_PER_FRAME, MAX_FRAME_LEN,
 };
 use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
-/// A deterministic test RNG (splitmix64); not for production use.
-struct TestRng(u64);
+/// A seeded RNG: every run sees the same keys, splits and cells.
+type TestRng = StdRng;
 
-impl rand_core::TryRng for TestRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in dst.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-impl rand_core::TryCryptoRng for TestRng {}
-
-impl TestRng {
-    fn below(&mut self, n: usize) -> usize {
-        use rand_core::Rng;
-        (self.next_u64() % n as u64) as usize
-    }
+fn below(rng: &mut TestRng, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
 }
 
 const ID: [u8; 32] = [0x11; 32];
@@ -48,8 +25,8 @@ fn split_feed(rng: &mut TestRng, dec: &mut FrameDecoder, bytes: &[u8]) -> Vec<Ve
     let mut frames = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
-        let want = 1 + rng.below(6000);
-        if rng.below(2) == 0 {
+        let want = 1 + below(rng, 6000);
+        if below(rng, 2) == 0 {
             let buf = dec.read_buf();
             let n = want.min(buf.len()).min(bytes.len() - pos);
             buf[..n].copy_from_slice(&bytes[pos..pos + n]);
@@ -111,7 +88,7 @@ fn transfer(
     let mut wire = prefix.to_vec();
     let mut i = 0;
     while i < cells.len() {
-        let k = (1 + rng.below(200)).min(cells.len() - i);
+        let k = (1 + below(rng, 200)).min(cells.len() - i);
         tx.encrypt_cells(&cells[i..i + k], &mut wire).unwrap();
         i += k;
     }
@@ -128,7 +105,7 @@ fn transfer(
 
 #[test]
 fn handshake_then_10k_cells_each_way_with_random_splits() {
-    let mut rng = TestRng(7);
+    let mut rng = StdRng::seed_from_u64(7);
     let secret = LinkSecretKey::generate(&mut rng);
     let (init, f1) = LinkInitiator::new(&mut rng, ID, secret.public()).unwrap();
     let resp = LinkResponder::new(&mut rng, ID, &secret).unwrap();
@@ -169,7 +146,7 @@ fn handshake_then_10k_cells_each_way_with_random_splits() {
 
 #[test]
 fn batches_split_at_64_cells() {
-    let mut rng = TestRng(8);
+    let mut rng = StdRng::seed_from_u64(8);
     let (mut i, mut r) = handshake(&mut rng);
     let cells = numbered_cells(&mut rng, 2 * MAX_CELLS_PER_FRAME + 1);
     let mut wire = Vec::new();
@@ -195,7 +172,7 @@ fn batches_split_at_64_cells() {
 
 #[test]
 fn wrong_link_key_fails_the_handshake() {
-    let mut rng = TestRng(9);
+    let mut rng = StdRng::seed_from_u64(9);
     let secret = LinkSecretKey::generate(&mut rng);
     let other = LinkSecretKey::generate(&mut rng);
     let (_init, f1) = LinkInitiator::new(&mut rng, ID, other.public()).unwrap();
@@ -214,7 +191,7 @@ fn wrong_link_key_fails_the_handshake() {
 
 #[test]
 fn wrong_identity_in_prologue_fails_the_handshake() {
-    let mut rng = TestRng(10);
+    let mut rng = StdRng::seed_from_u64(10);
     let secret = LinkSecretKey::generate(&mut rng);
     let (_init, f1) = LinkInitiator::new(&mut rng, [0x22; 32], secret.public()).unwrap();
     let resp = LinkResponder::new(&mut rng, ID, &secret).unwrap();
@@ -232,7 +209,7 @@ fn wrong_identity_in_prologue_fails_the_handshake() {
 
 #[test]
 fn altered_message_2_fails_the_handshake() {
-    let mut rng = TestRng(11);
+    let mut rng = StdRng::seed_from_u64(11);
     let secret = LinkSecretKey::generate(&mut rng);
     let (init, f1) = LinkInitiator::new(&mut rng, ID, secret.public()).unwrap();
     let resp = LinkResponder::new(&mut rng, ID, &secret).unwrap();
@@ -253,7 +230,7 @@ fn altered_message_2_fails_the_handshake() {
 
 #[test]
 fn short_or_long_handshake_messages_are_typed_errors() {
-    let mut rng = TestRng(12);
+    let mut rng = StdRng::seed_from_u64(12);
     let secret = LinkSecretKey::generate(&mut rng);
     let resp = LinkResponder::new(&mut rng, ID, &secret).unwrap();
     assert!(matches!(
@@ -269,7 +246,7 @@ fn short_or_long_handshake_messages_are_typed_errors() {
 
 #[test]
 fn version_negotiation() {
-    let mut rng = TestRng(13);
+    let mut rng = StdRng::seed_from_u64(13);
     let secret = LinkSecretKey::generate(&mut rng);
     // No common version: typed error at the responder.
     let (_i, f1) = LinkInitiator::with_versions(&mut rng, ID, secret.public(), &[2, 3]).unwrap();
@@ -293,7 +270,7 @@ fn version_negotiation() {
 
 #[test]
 fn flipped_byte_in_a_transport_frame_is_a_typed_error_and_closes_the_link() {
-    let mut rng = TestRng(14);
+    let mut rng = StdRng::seed_from_u64(14);
     let (mut i, mut r) = handshake(&mut rng);
     let cells = numbered_cells(&mut rng, 3);
     for pos in [2usize, 700, 3 * CELL_LEN + 2 + 15] {
@@ -325,7 +302,7 @@ fn flipped_byte_in_a_transport_frame_is_a_typed_error_and_closes_the_link() {
 
 #[test]
 fn truncated_frames_are_typed_errors() {
-    let mut rng = TestRng(15);
+    let mut rng = StdRng::seed_from_u64(15);
     let cells = numbered_cells(&mut rng, 2);
     // Cut by one byte: no longer whole cells.
     let (mut i, mut r) = handshake(&mut rng);
@@ -372,7 +349,7 @@ fn oversize_and_zero_len_are_typed_errors() {
     dec.push(&[0, 0]).unwrap();
     assert!(matches!(dec.next_frame(), Err(LinkError::EmptyFrame)));
     // The link checks too (65 cells do not fit in a frame).
-    let mut rng = TestRng(16);
+    let mut rng = StdRng::seed_from_u64(16);
     let (_i, mut r) = handshake(&mut rng);
     let big = vec![0u8; 65 * CELL_LEN + 16];
     assert!(matches!(
@@ -383,7 +360,7 @@ fn oversize_and_zero_len_are_typed_errors() {
 
 #[test]
 fn non_multiple_of_512_plaintext_is_a_typed_error() {
-    let mut rng = TestRng(17);
+    let mut rng = StdRng::seed_from_u64(17);
     let (_i, mut r) = handshake(&mut rng);
     let frame = vec![0u8; 3 * CELL_LEN + 100 + 16];
     let err = r.decrypt_frame(&frame, &mut Vec::new()).unwrap_err();
@@ -394,7 +371,7 @@ fn non_multiple_of_512_plaintext_is_a_typed_error() {
 
 #[test]
 fn replayed_or_reordered_frames_fail() {
-    let mut rng = TestRng(18);
+    let mut rng = StdRng::seed_from_u64(18);
     let cells = numbered_cells(&mut rng, 4);
     // Replay.
     let (mut i, mut r) = handshake(&mut rng);
@@ -455,7 +432,7 @@ proptest! {
         batches in proptest::collection::vec(1usize..150, 1..8),
         cuts in proptest::collection::vec(1usize..3000, 1..40),
     ) {
-        let mut rng = TestRng(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
         let (mut i, mut r) = handshake(&mut rng);
         let total: usize = batches.iter().sum();
         let cells = numbered_cells(&mut rng, total);
