@@ -2,6 +2,7 @@
 
 mod error;
 pub mod rail;
+pub mod sim;
 
 pub use error::PayError;
 pub use rail::{
