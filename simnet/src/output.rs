@@ -118,8 +118,11 @@ pub struct Outputs {
     pub relays: Vec<RelayRow>,
     /// Per client: msat paid per relay index.
     pub paid_to: Vec<Vec<(u32, u64)>>,
-    /// One payment chunk per relay, msat.
-    pub chunk_msat: Vec<u64>,
+    /// The payment chunk (the most a client keeps paid ahead per hop), msat.
+    pub chunk_msat: u64,
+    /// Per client: msat paid per relay on circuits that relay stopped relaying (take
+    /// payment and stop), beyond what those circuits had carried when it stopped.
+    pub lost_to: Vec<Vec<(u32, u64)>>,
     /// Events handled.
     pub events: u64,
     /// Cells sent over links.

@@ -86,9 +86,9 @@ pub struct Clients {
     /// Highest price per minute a client accepts (msat).
     #[serde(default = "default_cap")]
     pub price_cap_msat_per_min: u64,
-    /// Total a client may pay over the run (msat).
-    #[serde(default = "default_budget")]
-    pub budget_msat: u64,
+    /// Total a client may pay over the run (msat); none by default.
+    #[serde(default)]
+    pub budget_msat: Option<u64>,
     /// Paths tried per download before it fails.
     #[serde(default = "default_attempts")]
     pub build_attempts: u32,
@@ -104,9 +104,6 @@ fn default_dirtiness() -> u64 {
     600
 }
 fn default_cap() -> u64 {
-    u64::MAX / 4
-}
-fn default_budget() -> u64 {
     u64::MAX / 4
 }
 fn default_attempts() -> u32 {
@@ -168,8 +165,12 @@ impl Default for Topology {
 pub struct Payments {
     /// Whether relays charge (their prices) and clients pay.
     pub enabled: bool,
-    /// Traffic a payment chunk buys, KiB.
-    pub chunk_kib: u64,
+    /// How far ahead of use the client pays each hop, msat (onionvpn-pay's
+    /// `PayerConfig::chunk_msat`): the most a client has at risk per hop.
+    pub chunk_msat: u64,
+    /// Routing fee cap per payment, msat.
+    #[serde(default = "default_max_fee")]
+    pub max_fee_msat: u64,
     /// Payment latency range, ms.
     pub latency_ms: [f64; 2],
     /// Probability that a payment fails.
@@ -187,13 +188,18 @@ impl Default for Payments {
     fn default() -> Self {
         Payments {
             enabled: false,
-            chunk_kib: 256,
+            chunk_msat: 10_000,
+            max_fee_msat: default_max_fee(),
             latency_ms: [200.0, 800.0],
             failure: 0.0,
             fee_base_msat: 0,
             fee_ppm: 0,
         }
     }
+}
+
+fn default_max_fee() -> u64 {
+    1_000
 }
 
 /// What an adversarial relay does.
@@ -287,8 +293,8 @@ impl Scenario {
         if adv > self.relays.count {
             return bad("more adversaries than relays");
         }
-        if self.payments.enabled && self.payments.chunk_kib == 0 {
-            return bad("payments.chunk_kib > 0");
+        if self.payments.enabled && self.payments.chunk_msat == 0 {
+            return bad("payments.chunk_msat > 0");
         }
         Ok(())
     }

@@ -22,14 +22,18 @@ use onionvpn_directory::descriptor::{
 };
 use onionvpn_directory::path::{select_path, GuardSet, PathRequest};
 use onionvpn_directory::{policy, Descriptor, ExitPolicy, Network, RelaySet, Source};
+use onionvpn_pay::account::{Account, Verdict};
+use onionvpn_pay::payer::{
+    Budget, CircuitPayer, HopSpec, OrderId, PayResult, PayerConfig, PayerEvent, PriceCap,
+};
 use onionvpn_pay::sim::{SimEvent, SimRail, SimRailConfig};
-use onionvpn_pay::{KeysendRequest, NodeId};
+use onionvpn_pay::NodeId;
 use onionvpn_proto::cell::{ChanCmd, DestroyReason};
 use onionvpn_proto::circuit::{
     CircError, ClientCircuit, ClientConfig, ClientEvent, FromClient, RelayCircuit, RelayKeys,
     RelayPolicy,
 };
-use onionvpn_proto::consts::{CELL_BODY_LEN, CELL_LEN, RELAY_BODY_MAX};
+use onionvpn_proto::consts::{CELL_BODY_LEN, RELAY_BODY_MAX};
 use onionvpn_proto::crypto::handshake::{OnionSecretKey, ReplayCache};
 use onionvpn_proto::ext::PaymentTerms;
 use onionvpn_proto::relaymsg::{EndReason, Host, Hostname, StreamId, Target};
@@ -81,6 +85,8 @@ enum Ev {
     Rail,
     /// A relay goes down (`false`) or comes back (`true`).
     Churn { relay: u32, up: bool },
+    /// A circuit's payer asked to be polled now.
+    PayerWake(u32),
 }
 
 /// Who holds an end of a link-circuit.
@@ -123,9 +129,9 @@ struct RelayCirc {
     next: Option<u32>,
     streams: Vec<ExitStream>,
     terms: Option<PaymentTerms>,
-    opened: u64,
+    /// onionvpn-pay's per-hop account (paid vs used, grace).
+    acct: Option<Account>,
     cells: u64,
-    paid_msat: u64,
     stopped: bool,
 }
 
@@ -137,13 +143,6 @@ struct Download {
     attempts: u32,
 }
 
-struct HopPay {
-    relay: u32,
-    terms: Option<PaymentTerms>,
-    paid_msat: u64,
-    inflight: bool,
-}
-
 struct ClientCirc {
     client: u32,
     circ: ClientCircuit,
@@ -153,7 +152,12 @@ struct ClientCirc {
     opened: Option<u64>,
     first_stream: Option<u64>,
     row: usize,
-    pay: Vec<HopPay>,
+    /// onionvpn-pay's pay-ahead schedule, once the circuit is open (if any hop charges).
+    payer: Option<CircuitPayer>,
+    /// Circuit hop index of each hop the payer pays.
+    payer_hops: Vec<usize>,
+    /// When a PayerWake is scheduled, if one is.
+    payer_wake: Option<u64>,
     cells: u64,
     /// The download on this circuit: (stream, download id, bytes received, first byte at).
     stream: Option<(StreamId, u64, u64, Option<u64>)>,
@@ -169,15 +173,20 @@ struct Client {
     building: Option<u32>,
     dl: Option<Download>,
     ln: NodeId,
-    budget_left: u64,
+    budget: Budget,
     /// msat paid per relay (what the adversary tests check).
     paid_to: BTreeMap<u32, u64>,
+    /// msat paid per (relay, token): to compare with what the hop had carried.
+    paid_tokens: BTreeMap<(u32, [u8; 16]), u64>,
 }
 
 /// Payment bookkeeping of one pending keysend.
 struct PendingPay {
     ccirc: u32,
-    hop: usize,
+    order: OrderId,
+    client: u32,
+    relay: u32,
+    token: [u8; 16],
     started: u64,
     row: usize,
 }
@@ -200,6 +209,8 @@ pub struct World {
     rail: SimRail,
     pending_pay: HashMap<onionvpn_pay::PaymentId, PendingPay>,
     ln_to_relay: HashMap<NodeId, u32>,
+    /// What each stopped circuit (take-payment-and-stop) was owed when it stopped, by token.
+    owed_at_stop: HashMap<[u8; 16], u64>,
     next_id: u32,
     next_dl: u64,
     /// Outputs collected during the run.
@@ -401,8 +412,9 @@ impl World {
                 building: None,
                 dl: None,
                 ln: NodeId(ln),
-                budget_left: sc.clients.budget_msat,
+                budget: Budget::new(sc.clients.budget_msat, 0),
                 paid_to: BTreeMap::new(),
+                paid_tokens: BTreeMap::new(),
             });
             let start = (rng.random::<f64>() * sc.clients.start_spread_s * 1e9) as u64;
             q.push(start, Ev::ClientNext(c as u32));
@@ -447,6 +459,7 @@ impl World {
             rail,
             pending_pay: HashMap::new(),
             ln_to_relay,
+            owed_at_stop: HashMap::new(),
             next_id: 1,
             next_dl: 0,
             out: Outputs::default(),
@@ -506,6 +519,14 @@ impl World {
             }
             Ev::Rail => self.on_rail(now),
             Ev::Churn { relay, up } => self.churn(now, relay, up),
+            Ev::PayerWake(cc) => {
+                if let Some(c) = self.ccircs.get_mut(&cc) {
+                    if c.payer_wake == Some(now) {
+                        c.payer_wake = None;
+                    }
+                }
+                self.client_pay(now, cc);
+            }
         }
     }
 
@@ -578,6 +599,7 @@ impl World {
                 if let Some(t) = &terms {
                     self.tokens.insert(t.token.0, id);
                 }
+                let acct = terms.map(|t| Account::new(t, inst));
                 self.rcircs.insert(
                     id,
                     RelayCirc {
@@ -587,9 +609,8 @@ impl World {
                         next: None,
                         streams: Vec::new(),
                         terms,
-                        opened: now,
+                        acct,
                         cells: 0,
-                        paid_msat: 0,
                         stopped: false,
                     },
                 );
@@ -612,16 +633,16 @@ impl World {
             return false;
         };
         c.cells += 1;
-        let Some(t) = c.terms else {
+        let Some(acct) = c.acct.as_mut() else {
             return true;
         };
+        acct.carry(CELL_BODY_LEN as u64);
         // Check every 16 cells: the arithmetic is cheap but not free at millions of cells.
         if c.cells % 16 != 0 {
             return true;
         }
-        let used = cost_msat(&t, c.cells, now - c.opened);
-        let grace = t.msat_per_mib * u64::from(t.grace_kib) / 1024 + t.msat_per_min;
-        used <= c.paid_msat + grace
+        let inst = self.base + Duration::from_nanos(now);
+        matches!(acct.check(inst), Verdict::Allowed)
     }
 
     fn relay_forward(&mut self, now: u64, rc: u32, early: bool, mut body: Body) {
@@ -1032,15 +1053,9 @@ impl World {
                 client: c,
                 circ,
                 link,
-                pay: hops
-                    .iter()
-                    .map(|h| HopPay {
-                        relay: *h,
-                        terms: None,
-                        paid_msat: 0,
-                        inflight: false,
-                    })
-                    .collect(),
+                payer: None,
+                payer_hops: Vec::new(),
+                payer_wake: None,
                 hops,
                 started: now,
                 opened: None,
@@ -1061,6 +1076,9 @@ impl World {
             return;
         };
         c.cells += 1;
+        if let Some(p) = c.payer.as_mut() {
+            p.carried(CELL_BODY_LEN as u64);
+        }
         let mut opened = false;
         let mut connected = None;
         let mut got = 0usize;
@@ -1135,6 +1153,9 @@ impl World {
             match c.circ.poll_cell() {
                 Ok(Some(oc)) => {
                     c.cells += 1;
+                    if let Some(p) = c.payer.as_mut() {
+                        p.carried(CELL_BODY_LEN as u64);
+                    }
                     let link = c.link;
                     let early = oc.cmd == ChanCmd::RelayEarly;
                     self.send(
@@ -1157,25 +1178,59 @@ impl World {
     }
 
     fn client_opened(&mut self, now: u64, cc: u32) {
+        let inst = self.inst(now);
         let Some(c) = self.ccircs.get_mut(&cc) else {
             return;
         };
         c.opened = Some(now);
         let took = now - c.started;
-        for (i, t) in c.circ.terms().iter().enumerate() {
-            if let Some(p) = c.pay.get_mut(i) {
-                p.terms = *t;
-            }
-        }
         let row = c.row;
         let client = c.client;
+        // The hops that charge, for onionvpn-pay's payer.
+        let mut specs = Vec::new();
+        let mut payer_hops = Vec::new();
+        for (i, t) in c.circ.terms().iter().enumerate() {
+            if let (Some(t), Some(r)) = (t, c.hops.get(i)) {
+                specs.push(HopSpec {
+                    node: self.relays[*r as usize].ln,
+                    terms: *t,
+                });
+                payer_hops.push(i);
+            }
+        }
+        let cl = &mut self.clients[client as usize];
+        let mut failed = None;
+        if !specs.is_empty() {
+            let p = &self.sc.payments;
+            let cfg = PayerConfig {
+                chunk_msat: p.chunk_msat,
+                max_fee_msat: p.max_fee_msat,
+                ..PayerConfig::default()
+            };
+            let cap = PriceCap {
+                msat_per_mib: self.sc.clients.price_cap_msat_per_mib,
+                msat_per_min: self.sc.clients.price_cap_msat_per_min,
+            };
+            match CircuitPayer::new(cfg, &specs, &cap, inst, &mut cl.rng) {
+                Ok(payer) => {
+                    c.payer = Some(payer);
+                    c.payer_hops = payer_hops;
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
         self.out.circuits[row].build_ms = Some(took as f64 / 1e6);
         self.out.circuits[row].outcome = "built".into();
-        let cl = &mut self.clients[client as usize];
         cl.est.record_success(Duration::from_nanos(took));
         cl.building = None;
+        if let Some(why) = failed {
+            self.out.circuits[row].outcome = format!("closed: payer: {why}");
+            self.client_close(now, cc);
+            self.client_retry(now, client);
+            return;
+        }
         cl.current = Some(cc);
-        // Pay ahead: one chunk per hop before the first byte.
+        // Pay ahead: the payer orders one chunk per hop before the first byte.
         self.client_pay(now, cc);
         let Some(dl) = self.clients[client as usize].dl.as_ref() else {
             return;
@@ -1448,78 +1503,92 @@ impl World {
 
     // ----- payments ----------------------------------------------------------------
 
-    /// Pays ahead: every hop whose paid credit runs below half a chunk gets one chunk.
+    /// Polls the circuit's payer (onionvpn-pay) and sends what it orders through the rail.
     fn client_pay(&mut self, now: u64, cc: u32) {
-        if !self.sc.payments.enabled {
-            return;
-        }
-        let chunk_kib = self.sc.payments.chunk_kib;
+        let inst = self.inst(now);
         let Some(c) = self.ccircs.get_mut(&cc) else {
             return;
         };
-        let Some(opened) = c.opened else {
+        let Some(payer) = c.payer.as_mut() else {
             return;
         };
-        let client = c.client as usize;
-        let mut sends = Vec::new();
-        for (hop, p) in c.pay.iter_mut().enumerate() {
-            let Some(t) = p.terms else {
-                continue;
-            };
-            if p.inflight {
-                continue;
+        let client = c.client;
+        let cl = &mut self.clients[client as usize];
+        let events = payer.poll(inst, &mut cl.budget, &mut cl.rng);
+        let wake = payer
+            .next_deadline(inst)
+            .map(|d| now + d.saturating_duration_since(inst).as_nanos() as u64);
+        if let Some(w) = wake {
+            if c.payer_wake.is_none_or(|p| w < p) {
+                c.payer_wake = Some(w);
+                self.q.push(w, Ev::PayerWake(cc));
             }
-            let chunk = chunk_msat(&t, chunk_kib);
-            let used = cost_msat(&t, c.cells, now - opened);
-            if p.paid_msat >= used + chunk / 2 {
-                continue;
-            }
-            let cl = &mut self.clients[client];
-            if cl.budget_left < chunk {
-                continue;
-            }
-            cl.budget_left -= chunk;
-            p.inflight = true;
-            sends.push((hop, p.relay, chunk, t));
         }
-        for (hop, relay, amount, t) in sends {
-            let from = self.clients[client].ln;
-            let to = self.relays[relay as usize].ln;
-            let s = self.rail.keysend(
-                now,
-                from,
-                KeysendRequest {
-                    to,
-                    amount_msat: amount,
-                    token: t.token,
-                    max_fee_msat: amount / 10 + 1_000,
-                },
-            );
-            let row = self.out.payments.len();
-            self.out.payments.push(PaymentRow {
-                start_ms: now as f64 / 1e6,
-                client: client as u32,
-                circuit: cc,
-                relay,
-                hop,
-                amount_msat: amount,
-                fee_msat: 0,
-                latency_ms: None,
-                outcome: "pending".into(),
-            });
-            self.pending_pay.insert(
-                s.id,
-                PendingPay {
-                    ccirc: cc,
-                    hop,
-                    started: now,
-                    row,
-                },
-            );
-            if let Some(t) = s.receive_at {
-                self.q.push(t, Ev::Rail);
+        if events.is_empty() {
+            return;
+        }
+        let payer_hops = c.payer_hops.clone();
+        let hops = c.hops.clone();
+        for ev in events {
+            match ev {
+                PayerEvent::Pay(order) => {
+                    let hop = payer_hops.get(order.hop).copied().unwrap_or(0);
+                    let relay = hops.get(hop).copied().unwrap_or(0);
+                    let from = self.clients[client as usize].ln;
+                    let s = self.rail.keysend(now, from, order.req);
+                    let row = self.out.payments.len();
+                    self.out.payments.push(PaymentRow {
+                        start_ms: now as f64 / 1e6,
+                        client,
+                        circuit: cc,
+                        relay,
+                        hop,
+                        amount_msat: order.req.amount_msat,
+                        fee_msat: 0,
+                        latency_ms: None,
+                        outcome: "pending".into(),
+                    });
+                    self.pending_pay.insert(
+                        s.id,
+                        PendingPay {
+                            ccirc: cc,
+                            order: order.id,
+                            client,
+                            relay,
+                            token: order.req.token.0,
+                            started: now,
+                            row,
+                        },
+                    );
+                    if let Some(t) = s.receive_at {
+                        self.q.push(t, Ev::Rail);
+                    }
+                    self.q.push(s.settle_at, Ev::Rail);
+                }
+                PayerEvent::BudgetReached { .. } => {
+                    // The payer stopped; the relays will end the circuit when grace runs out.
+                    let row = self.ccircs.get(&cc).map(|c| c.row);
+                    if let Some(r) = row {
+                        self.out.circuits[r].outcome = "built; budget reached".into();
+                    }
+                }
+                PayerEvent::Rebuild { hop } => {
+                    // Payments to a hop keep failing: avoid it and build elsewhere.
+                    let relay = payer_hops.get(hop).and_then(|h| hops.get(*h)).copied();
+                    if let Some(r) = relay {
+                        self.avoid(now, client, &[r]);
+                    }
+                    if self.clients[client as usize].current == Some(cc) {
+                        self.clients[client as usize].current = None;
+                    }
+                    let streaming = self.ccircs.get(&cc).is_some_and(|c| c.stream.is_some());
+                    if streaming {
+                        self.client_stream_done(now, cc, Some("payments failed".into()));
+                    }
+                    self.client_close(now, cc);
+                    return;
+                }
             }
-            self.q.push(s.settle_at, Ev::Rail);
         }
     }
 
@@ -1541,8 +1610,17 @@ impl World {
                         self.relays[relay as usize].adv,
                         Some((AdversaryKind::TakePaymentAndStop, _))
                     );
+                    let inst = self.inst(now);
                     if let Some(c) = self.rcircs.get_mut(&rc) {
-                        c.paid_msat += payment.amount_msat;
+                        if let Some(a) = c.acct.as_mut() {
+                            a.credit(payment.amount_msat);
+                            if stop && !c.stopped {
+                                // Everything paid beyond this is the client's loss.
+                                if let Some(t) = payment.token {
+                                    self.owed_at_stop.insert(t.0, a.owed_msat(inst));
+                                }
+                            }
+                        }
                         if stop {
                             c.stopped = true;
                         }
@@ -1556,37 +1634,48 @@ impl World {
                     row.fee_msat = sent.fee_msat;
                     row.latency_ms = Some((now - p.started) as f64 / 1e6);
                     row.outcome = "ok".into();
-                    let relay = row.relay;
-                    if let Some(c) = self.ccircs.get_mut(&p.ccirc) {
-                        if let Some(h) = c.pay.get_mut(p.hop) {
-                            h.paid_msat += req.amount_msat;
-                            h.inflight = false;
-                        }
-                        let client = c.client as usize;
-                        *self.clients[client].paid_to.entry(relay).or_insert(0) += req.amount_msat;
-                    } else if let Some(row) = self.out.payments.get(p.row) {
-                        let client = row.client as usize;
-                        *self.clients[client].paid_to.entry(relay).or_insert(0) += req.amount_msat;
-                    }
-                    self.client_pay(now, p.ccirc);
+                    let cl = &mut self.clients[p.client as usize];
+                    *cl.paid_to.entry(p.relay).or_insert(0) += req.amount_msat;
+                    *cl.paid_tokens.entry((p.relay, p.token)).or_insert(0) += req.amount_msat;
+                    self.payer_result(
+                        now,
+                        &p,
+                        PayResult::Sent {
+                            fee_msat: sent.fee_msat,
+                        },
+                    );
                 }
-                SimEvent::Failed {
-                    id, reason, req, ..
-                } => {
+                SimEvent::Failed { id, reason, .. } => {
                     let Some(p) = self.pending_pay.remove(&id) else {
                         continue;
                     };
                     let row = &mut self.out.payments[p.row];
                     row.latency_ms = Some((now - p.started) as f64 / 1e6);
                     row.outcome = format!("failed: {reason:?}");
-                    let client = row.client as usize;
-                    self.clients[client].budget_left += req.amount_msat;
-                    if let Some(c) = self.ccircs.get_mut(&p.ccirc) {
-                        if let Some(h) = c.pay.get_mut(p.hop) {
-                            h.inflight = false;
-                        }
+                    self.payer_result(now, &p, PayResult::Failed);
+                }
+            }
+        }
+    }
+
+    /// Hands a payment's result to its circuit's payer (and the client's budget).
+    fn payer_result(&mut self, now: u64, p: &PendingPay, result: PayResult) {
+        let inst = self.inst(now);
+        let cl = &mut self.clients[p.client as usize];
+        match self.ccircs.get_mut(&p.ccirc).and_then(|c| c.payer.as_mut()) {
+            Some(payer) => {
+                payer.on_result(p.order, result, inst, &mut cl.budget, &mut cl.rng);
+                self.client_pay(now, p.ccirc);
+            }
+            None => {
+                // The circuit is gone; settle the reservation in the budget all the same.
+                let max_fee = self.sc.payments.max_fee_msat;
+                let amount = self.out.payments[p.row].amount_msat;
+                match result {
+                    PayResult::Sent { fee_msat } => {
+                        cl.budget.commit(amount, max_fee, fee_msat.min(max_fee))
                     }
-                    // Retried at the next cell (client_pay runs on every data cell).
+                    PayResult::Failed => cl.budget.release(amount, max_fee),
                 }
             }
         }
@@ -1612,17 +1701,21 @@ impl World {
             .collect();
         self.out.events = self.events;
         self.out.cells = self.net.cells;
-        self.out.chunk_msat = self
-            .relays
+        self.out.chunk_msat = self.sc.payments.chunk_msat;
+        // Per client and relay: what was paid on circuits the relay stopped, beyond what
+        // those circuits had carried when it stopped.
+        let owed = &self.owed_at_stop;
+        self.out.lost_to = self
+            .clients
             .iter()
-            .map(|r| {
-                let t = PaymentTerms {
-                    msat_per_mib: r.policy.msat_per_mib,
-                    msat_per_min: r.policy.msat_per_min,
-                    grace_kib: 0,
-                    token: onionvpn_proto::ext::PaymentToken([0; 16]),
-                };
-                chunk_msat(&t, self.sc.payments.chunk_kib)
+            .map(|c| {
+                let mut lost: BTreeMap<u32, u64> = BTreeMap::new();
+                for ((relay, token), paid) in &c.paid_tokens {
+                    if let Some(o) = owed.get(token) {
+                        *lost.entry(*relay).or_insert(0) += paid.saturating_sub(*o);
+                    }
+                }
+                lost.into_iter().collect()
             })
             .collect();
     }
@@ -1635,18 +1728,6 @@ enum Fwd {
     Request(StreamId, u64),
     Nothing,
     Fail(CircError),
-}
-
-/// What a hop's usage costs: cells carried at the per-MiB price plus started minutes at
-/// the per-minute price.
-fn cost_msat(t: &PaymentTerms, cells: u64, elapsed_ns: u64) -> u64 {
-    let bytes = cells * CELL_LEN as u64;
-    bytes * t.msat_per_mib / (1024 * 1024) + (elapsed_ns / (60 * SEC) + 1) * t.msat_per_min
-}
-
-/// One payment chunk: `chunk_kib` of traffic plus one minute of circuit life.
-fn chunk_msat(t: &PaymentTerms, chunk_kib: u64) -> u64 {
-    (t.msat_per_mib * chunk_kib / 1024 + t.msat_per_min).max(1)
 }
 
 fn exp_ns(rng: &mut StdRng, mean_s: f64) -> u64 {
