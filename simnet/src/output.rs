@@ -457,7 +457,7 @@ fn earnings_plot(path: &Path, relays: &[RelayRow]) -> Result<(), SimError> {
         .iter()
         .map(|r| (r.earnings_msat, !r.adversary.is_empty()))
         .collect();
-    e.sort_by(|a, b| b.0.cmp(&a.0));
+    e.sort_by_key(|x| std::cmp::Reverse(x.0));
     let max = e.first().map_or(1, |x| x.0).max(1) as f64 / 1000.0;
     let mut chart = ChartBuilder::on(&root)
         .caption("Earnings per relay (sat)", ("sans-serif", 22))

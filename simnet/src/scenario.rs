@@ -299,3 +299,40 @@ impl Scenario {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOKE: &str = include_str!("../scenarios/smoke.toml");
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        for s in [
+            SMOKE,
+            include_str!("../scenarios/research-1k.toml"),
+            include_str!("../scenarios/loopback.toml"),
+            include_str!("../scenarios/adv-overcharge.toml"),
+            include_str!("../scenarios/adv-take-payment.toml"),
+            include_str!("../scenarios/adv-tag.toml"),
+            include_str!("../scenarios/adv-drop.toml"),
+            include_str!("../scenarios/adv-delay.toml"),
+        ] {
+            Scenario::parse(s).unwrap();
+        }
+    }
+
+    #[test]
+    fn typos_and_inconsistencies_are_typed_errors() {
+        let typo = SMOKE.replace("think_s", "thinks_s");
+        assert!(matches!(Scenario::parse(&typo), Err(SimError::Scenario(_))));
+        let bad_matrix = SMOKE.replace("[120.0, 90.0, 20.0]]", "[120.0, 90.0]]");
+        assert!(matches!(
+            Scenario::parse(&bad_matrix),
+            Err(SimError::Scenario(m)) if m.contains("square")
+        ));
+        let too_many = SMOKE.replace("count = 50\n", "count = 2\n");
+        assert!(Scenario::parse(&too_many).is_err());
+        assert!(Scenario::parse("not toml [").is_err());
+    }
+}

@@ -557,6 +557,10 @@ impl World {
         };
         let (a, b, a_end, b_end) = (l.a, l.b, l.a_end, l.b_end);
         let to = if fwd { b } else { a };
+        // A link-circuit ends when a DESTROY on it is delivered (or lost with its relay).
+        if matches!(kind, CellKind::Destroy(_)) {
+            self.links.remove(&link);
+        }
         if (to as usize) < self.relays.len() && !self.relays[to as usize].up {
             return; // a relay that is down receives nothing
         }
@@ -566,7 +570,7 @@ impl World {
                 (CellKind::Relay { early, body }, Some(rc)) => {
                     self.relay_forward(now, rc, early, body)
                 }
-                (CellKind::Destroy(_), Some(rc)) => self.relay_destroy(now, rc, None),
+                (CellKind::Destroy(_), Some(rc)) => self.relay_destroy(now, rc, false),
                 _ => {}
             }
         } else {
@@ -575,7 +579,7 @@ impl World {
                 End::Relay(rc) => match kind {
                     CellKind::Created(body) => self.relay_extended(now, rc, &body),
                     CellKind::Relay { body, .. } => self.relay_backward(now, rc, body),
-                    CellKind::Destroy(_) => self.relay_destroy(now, rc, Some(link)),
+                    CellKind::Destroy(_) => self.relay_destroy(now, rc, true),
                     CellKind::Create(_) => {}
                 },
             }
@@ -622,7 +626,6 @@ impl World {
             Err(e) => {
                 r.row.refused += 1;
                 self.send(now, link, false, CellKind::Destroy(e.destroy_reason()));
-                self.links.remove(&link);
             }
         }
     }
@@ -870,37 +873,26 @@ impl World {
         self.send(now, c.prev, false, CellKind::Destroy(reason));
         if let Some(n) = c.next {
             self.send(now, n, true, CellKind::Destroy(DestroyReason::Destroyed));
-            self.links.remove(&n);
         }
-        self.links.remove(&c.prev);
     }
 
-    /// DESTROY from the previous hop (`from_next` None) or the next one.
-    fn relay_destroy(&mut self, now: u64, rc: u32, from_next: Option<u32>) {
+    /// DESTROY from the previous hop or (`from_next`) the next one.
+    fn relay_destroy(&mut self, now: u64, rc: u32, from_next: bool) {
         let Some(c) = self.rcircs.remove(&rc) else {
             return;
         };
         if let Some(t) = c.terms {
             self.tokens.remove(&t.token.0);
         }
-        match from_next {
-            Some(n) => {
-                self.links.remove(&n);
-                self.send(
-                    now,
-                    c.prev,
-                    false,
-                    CellKind::Destroy(DestroyReason::Destroyed),
-                );
-                self.links.remove(&c.prev);
-            }
-            None => {
-                if let Some(n) = c.next {
-                    self.send(now, n, true, CellKind::Destroy(DestroyReason::Destroyed));
-                    self.links.remove(&n);
-                }
-                self.links.remove(&c.prev);
-            }
+        if from_next {
+            self.send(
+                now,
+                c.prev,
+                false,
+                CellKind::Destroy(DestroyReason::Destroyed),
+            );
+        } else if let Some(n) = c.next {
+            self.send(now, n, true, CellKind::Destroy(DestroyReason::Destroyed));
         }
     }
 
@@ -1380,7 +1372,7 @@ impl World {
             other => format!("{other}"),
         };
         self.out.circuits[c.row].outcome = if building {
-            format!("build failed: {reason}")
+            format!("build failed at hop {}: {reason}", c.circ.hops_built())
         } else {
             format!("closed: {reason}")
         };
@@ -1388,7 +1380,6 @@ impl World {
         if !matches!(e, CircError::Destroyed(_)) {
             self.send(now, c.link, true, CellKind::Destroy(e.destroy_reason()));
         }
-        self.links.remove(&c.link);
         if building {
             // The hop being built did not answer properly: avoid it (circmgr does the same).
             let hop = match e {
@@ -1454,7 +1445,6 @@ impl World {
                 true,
                 CellKind::Destroy(DestroyReason::Finished),
             );
-            self.links.remove(&c.link);
         }
     }
 
@@ -1472,7 +1462,6 @@ impl World {
         self.ccircs.remove(&cc);
         self.out.circuits[row].outcome = format!("build timeout at hop {hop}");
         self.send(now, link, true, CellKind::Destroy(DestroyReason::Timeout));
-        self.links.remove(&link);
         let cl = &mut self.clients[client as usize];
         cl.est.record_timeout(Duration::from_nanos(took));
         cl.building = None;
