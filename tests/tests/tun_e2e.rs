@@ -214,7 +214,7 @@ fn tun_end_to_end() {
             let mut s = TcpStream::connect((fake, port)).await.unwrap();
             let (sha, got) = tokio::time::timeout(LIMIT, upload(&mut s, HOST, n))
                 .await
-                .expect("upload hung")
+                .unwrap_or_else(|_| panic!("upload of {n} bytes hung"))
                 .unwrap();
             assert_eq!(got, n);
             assert_eq!(sha, hex(&content_sha256(n)));
