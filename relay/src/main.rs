@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use onionvpn_relay::cli::{init, prepare_run, unix_now, Cli, Command, Env};
+use onionvpn_relay::cli::{earnings, init, prepare_run, unix_now, Cli, Command, Env};
 use onionvpn_relay::config::LogLevel;
 use onionvpn_relay::{start_relay_with_keys, RuntimeOptions};
 use tracing::{error, info};
@@ -25,6 +25,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => run(&cli, &env),
+        Command::Earnings => match earnings(&cli, &env) {
+            Ok(text) => {
+                let _ = write!(std::io::stdout().lock(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("onionvpn-relay: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
