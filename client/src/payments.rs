@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::circuit_task::CircuitInfo;
 
 /// How often a payment task looks at the circuit's cell count when nothing else wakes it.
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(25);
 /// How long a payment task waits for keysends still in flight after its circuit ended.
 const DRAIN: Duration = Duration::from_secs(60);
 /// File (in the data directory) holding the msat spent so far.

@@ -178,3 +178,78 @@ async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>) -> bool {
         _ = tokio::time::sleep(RETRY_AFTER) => false,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use onionvpn_pay::memory::MemoryNetwork;
+    use onionvpn_pay::{KeysendRequest, NodeId};
+
+    fn req(token: u8, msat: u64) -> KeysendRequest {
+        KeysendRequest {
+            to: NodeId([2; 33]),
+            amount_msat: msat,
+            token: PaymentToken([token; 16]),
+            max_fee_msat: 0,
+        }
+    }
+
+    async fn until(f: impl Fn() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "condition not reached");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn credits_the_token_and_survives_a_crash_between_record_and_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new();
+        let relay = Arc::new(net.node(NodeId([2; 33]), 0));
+        let client = net.node(NodeId([3; 33]), 10_000);
+        let setup = PaymentsSetup {
+            rail: relay.clone(),
+            ledger_dir: ledger_dir(dir.path()),
+        };
+
+        // A payment recorded, then the relay "crashed" before acknowledging it.
+        let first = client.keysend(req(1, 700)).await.unwrap();
+        {
+            let p = Payments::open(&setup).unwrap();
+            let got = relay.next_received().await.unwrap();
+            assert_eq!(got.id, first.id);
+            p.ledger.record(&got, 0).unwrap();
+        }
+
+        // Restarted: the rail redelivers it; it is not counted again.
+        let p = Arc::new(Payments::open(&setup).unwrap());
+        let credits = p.register(PaymentToken([1; 16]));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(p.clone().run(rx));
+        client.keysend(req(1, 300)).await.unwrap();
+        client.keysend(req(9, 50)).await.unwrap(); // a circuit that is gone
+        until(|| p.ledger.entries().unwrap() == 3).await;
+        until(|| credits.load(Ordering::Acquire) == 300).await;
+        assert_eq!(p.ledger.total_msat().unwrap(), 1050);
+        assert_eq!(p.ledger.token_msat(&PaymentToken([1; 16])).unwrap(), 1000);
+        // Everything acknowledged: nothing left to deliver.
+        until(|| futures_ready(relay.next_received()).is_none()).await;
+        let summary = std::fs::read_to_string(summary_path(&setup.ledger_dir)).unwrap();
+        assert!(summary.contains("total: 1050 msat"), "{summary}");
+        tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// The value of `f` if it is ready at once.
+    fn futures_ready<T>(f: onionvpn_pay::RailFuture<'_, T>) -> Option<T> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = f;
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.ok(),
+            std::task::Poll::Pending => None,
+        }
+    }
+}

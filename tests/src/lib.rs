@@ -83,13 +83,16 @@ impl Default for PaidNet {
             rails: MemoryNetwork::new(),
             msat_per_mib: 1_000,
             msat_per_min: 60,
-            grace_kib: 256,
+            // Loopback moves tens of MiB/s: the grace and the chunk must cover what flows
+            // while a payment is on its way.
+            grace_kib: 2048,
             overpriced: Vec::new(),
             overpriced_msat_per_mib: 1_000_000,
             client_pays: true,
             client_budget_msat: 1_000_000,
             payer: PayerConfig {
-                chunk_msat: 1_000,
+                chunk_msat: 4_000,
+                jitter: Duration::from_millis(100),
                 ..PayerConfig::default()
             },
         }

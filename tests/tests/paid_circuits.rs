@@ -163,7 +163,7 @@ async fn a_client_that_does_not_pay_loses_its_circuit_within_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_stops_paying_at_its_budget_and_never_above_its_cap() {
-    let budget = 12_000;
+    let budget = 40_000;
     let paid = PaidNet {
         client_budget_msat: budget,
         // Relay 4 asks far more than the client's cap (2000 msat/MiB in client_config).
