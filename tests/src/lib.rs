@@ -4,6 +4,7 @@
 //! HTTP helpers.
 
 pub mod http;
+pub mod netns;
 pub mod rawlink;
 pub mod socksc;
 
@@ -218,6 +219,7 @@ pub fn client_config(
         },
         budget_msat: 1_000_000,
         log_sensitive: false,
+        tun: None,
     }
 }
 
@@ -322,6 +324,12 @@ impl LocalNet {
             net.client = Some(client);
         }
         Ok(net)
+    }
+
+    /// The configuration of a client on this network with state under `name` in the
+    /// network's directory (to adjust before [`start_client_with`], e.g. TUN mode).
+    pub fn client_config(&self, name: &str, hops: u8, socks: SocketAddr) -> ClientConfig {
+        client_config(hops, socks, &self.testnet.bootstrap, self.dir.join(name))
     }
 
     /// Starts another client on this network (state under `name` in the network's directory).
