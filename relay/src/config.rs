@@ -132,6 +132,8 @@ pub struct Config {
     /// runtime sets it from the payment rail (`None`: all zeros, the relay is not paid).
     #[serde(skip)]
     pub ln_node_id: Option<[u8; 33]>,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -149,6 +151,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             logging: LoggingConfig::default(),
             ln_node_id: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -461,6 +464,28 @@ impl Default for LoggingConfig {
     }
 }
 
+/// `[metrics]`: the opt-in Prometheus endpoint (see [`crate::metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` over HTTP.
+    pub enabled: bool,
+    /// Where; a loopback address (the endpoint has no authentication). Port 0 picks one.
+    pub listen: SocketAddr,
+}
+
+/// Default port of the metrics endpoint.
+pub const DEFAULT_METRICS_PORT: u16 = 9477;
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+        }
+    }
+}
+
 /// Dotted paths of every key of the configuration (from the serialised default), e.g.
 /// `listen`, `exit.policy.rules`.
 pub fn known_keys() -> BTreeSet<String> {
@@ -656,6 +681,14 @@ impl Config {
             1,
             90,
         )?;
+        if !self.metrics.listen.ip().is_loopback() {
+            return Err(invalid(
+                "metrics.listen",
+                self.metrics.listen,
+                "a loopback address such as \"127.0.0.1:9477\" or \"[::1]:9477\" (the endpoint \
+                 has no authentication; scrape it through an SSH tunnel or a local agent)",
+            ));
+        }
         Ok(())
     }
 

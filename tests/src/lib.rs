@@ -197,6 +197,9 @@ pub fn relay_config(
     // One client on loopback builds many circuits (benchmarks build hundreds).
     c.limits.circuit_rate = 10_000;
     c.limits.circuit_burst = 10_000;
+    // Every relay serves metrics on loopback (tests/tests/operator.rs scrapes them).
+    c.metrics.enabled = true;
+    c.metrics.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     c
 }
 

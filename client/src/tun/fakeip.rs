@@ -398,4 +398,26 @@ mod tests {
         assert!(m.answer(&[1, 2, 3], t).is_none());
         assert_eq!(m.len(), 1);
     }
+
+    proptest::proptest! {
+        /// Whatever arrives on UDP/53, the responder does not panic, and an answer echoes the
+        /// id, is a response, stays small; an A answer maps back to the queried name.
+        #[test]
+        fn any_datagram_gets_a_sane_answer_or_none(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut m = small(4);
+            let t = Instant::now();
+            if let Some(a) = m.answer(&data, t) {
+                proptest::prop_assert!(a.len() >= 12 && a.len() <= data.len() + 16);
+                proptest::prop_assert_eq!(&a[..2], &data[..2]);
+                proptest::prop_assert_eq!(a[2] & 0x80, 0x80);
+                if let Ok(q) = parse_query(&data) {
+                    if q.qtype == TYPE_A && a[7] == 1 {
+                        let n = a.len();
+                        let ip = Ipv4Addr::new(a[n - 4], a[n - 3], a[n - 2], a[n - 1]);
+                        proptest::prop_assert_eq!(m.lookup(ip, t), q.hostname());
+                    }
+                }
+            }
+        }
+    }
 }

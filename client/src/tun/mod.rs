@@ -359,3 +359,56 @@ async fn handle(
         Half::StreamEnded => drop(stream),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn target(host: Host, port: u16) -> Target {
+        Target {
+            host,
+            port: NonZeroU16::new(port).unwrap(),
+        }
+    }
+
+    #[test]
+    fn isolation_by_destination_separates_hosts_not_ports() {
+        let a80 = target(Host::Name("a.test".parse().unwrap()), 80);
+        let a443 = target(Host::Name("a.test".parse().unwrap()), 443);
+        let b80 = target(Host::Name("b.test".parse().unwrap()), 80);
+        let ip = target(Host::V4(Ipv4Addr::new(192, 0, 2, 1)), 80);
+        let d = TunIsolation::Destination;
+        assert_eq!(isolation_key(d, &a80), isolation_key(d, &a443));
+        assert_ne!(isolation_key(d, &a80), isolation_key(d, &b80));
+        assert_ne!(isolation_key(d, &a80), isolation_key(d, &ip));
+        // Never the key of SOCKS without credentials.
+        assert_ne!(isolation_key(d, &a80), IsolationKey::no_auth());
+        // Without isolation every destination shares the SOCKS no-auth key.
+        let n = TunIsolation::None;
+        assert_eq!(isolation_key(n, &a80), isolation_key(n, &b80));
+        assert_eq!(isolation_key(n, &ip), IsolationKey::no_auth());
+    }
+
+    #[test]
+    fn targets_from_fake_and_real_addresses() {
+        let fake = Mutex::new(FakeIpMap::new(FakeIpConfig {
+            range: "10.99.0.0/24".parse().unwrap(),
+            capacity: 8,
+            idle_ttl: Duration::from_secs(600),
+            answer_ttl: Duration::from_secs(60),
+        }));
+        let ip = lock(&fake).address_for(&"web.test".parse().unwrap(), Instant::now());
+        let t = target_for(SocketAddr::from((ip, 8080)), &fake).unwrap();
+        assert_eq!(t, target(Host::Name("web.test".parse().unwrap()), 8080));
+        // An unmapped fake address and port 0 give no target (the connection is refused).
+        assert!(target_for(SocketAddr::from(([10, 99, 0, 200], 80)), &fake).is_none());
+        assert!(target_for(SocketAddr::from((ip, 0)), &fake).is_none());
+        // A real address is carried as itself.
+        let real = target_for(SocketAddr::from(([192, 0, 2, 7], 443)), &fake).unwrap();
+        assert_eq!(real, target(Host::V4(Ipv4Addr::new(192, 0, 2, 7)), 443));
+    }
+}
