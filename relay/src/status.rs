@@ -87,7 +87,7 @@ impl Earnings {
             today_msat: days.iter().find(|d| d.day == today).map_or(0, |d| d.msat),
             total_msat: days.iter().fold(0u64, |s, d| s.saturating_add(d.msat)),
             circuits_paid: ledger.circuits_paid()?,
-            payments: ledger.entries(),
+            payments: ledger.entries()?,
         })
     }
 }
