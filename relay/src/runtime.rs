@@ -343,8 +343,13 @@ impl Shared {
             msat_per_mib: self.policy.msat_per_mib,
             msat_per_min: self.policy.msat_per_min,
             exit: self.exit.is_some(),
-            earnings: None,
-            ledger_entries: None,
+            earnings: self.payments.as_ref().and_then(|p| {
+                crate::status::Earnings::from_ledger(&p.ledger(), crate::cli::unix_now()).ok()
+            }),
+            ledger_entries: self
+                .payments
+                .as_ref()
+                .and_then(|p| p.ledger().entries().ok()),
         };
         crate::metrics::render(&self.stats.snapshot(), &info)
     }

@@ -4,6 +4,7 @@
 //! HTTP helpers.
 
 pub mod http;
+pub mod metrics;
 pub mod netns;
 pub mod rawlink;
 pub mod socksc;

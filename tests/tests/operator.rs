@@ -4,43 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use onionvpn_relay::control::query_status;
 use onionvpn_relay::status::StatusReport;
 use onionvpn_tests::http::get;
+use onionvpn_tests::metrics::scrape;
 use onionvpn_tests::{socksc, LocalNet, LocalNetConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const LEN: u64 = 1 << 20;
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(LIMIT, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    body.to_owned()
-}
-
-/// Samples of an exposition, by name with labels.
-fn samples(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_owned(), v.parse().unwrap())
-        })
-        .collect()
-}
 
 struct View {
     status: Vec<StatusReport>,
@@ -63,8 +36,8 @@ async fn view(net: &LocalNet) -> View {
         v.texts.push(format!("{s:?}"));
         v.texts.push(s.render(onionvpn_relay::cli::unix_now()));
         v.status.push(s);
-        let text = scrape(r.metrics_addr().unwrap()).await;
-        v.metrics.push(samples(&text));
+        let (samples, text) = scrape(r.metrics_addr().unwrap()).await.unwrap();
+        v.metrics.push(samples);
         v.texts.push(text);
     }
     v

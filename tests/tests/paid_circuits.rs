@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use onionvpn_pay::account::price;
 use onionvpn_proto::consts::CELL_BODY_LEN;
+use onionvpn_relay::control::query_status;
 use onionvpn_tests::http::get;
+use onionvpn_tests::metrics::scrape;
 use onionvpn_tests::{socksc, LocalNet, LocalNetConfig, PaidNet};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -120,6 +122,24 @@ async fn paid_download_credits_each_hop_by_its_terms() {
     assert!(net
         .relays()
         .all(|r| r.stats().circuits_payment_required == 0));
+    // The operator sees the same earnings: `status` (control socket) and the metrics
+    // endpoint of every relay agree with its ledger.
+    for r in net.relays() {
+        let ledger = r.ledger().unwrap().total_msat().unwrap();
+        let path = r.control_path().unwrap().to_owned();
+        let status = tokio::task::spawn_blocking(move || query_status(&path))
+            .await
+            .unwrap()
+            .unwrap();
+        let (m, _) = scrape(r.metrics_addr().unwrap()).await.unwrap();
+        let from_metrics = m
+            .get("onionvpn_relay_payments_received_msat_total")
+            .copied();
+        if ledger > 0 {
+            assert_eq!(status.earnings.map(|e| e.total_msat), Some(ledger));
+            assert_eq!(from_metrics, Some(ledger));
+        }
+    }
     // The client prunes what it paid from its node's store.
     let stored = paid.rails.stored(onionvpn_tests::client_node_id("client"));
     assert!(
