@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod rawlink;
+pub mod regtest;
 pub mod socksc;
 
 use std::net::{Ipv4Addr, SocketAddr};
