@@ -1,6 +1,19 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
+pub mod account;
 mod error;
+pub mod ledger;
+pub mod memory;
+pub mod payer;
 pub mod rail;
 
 pub use error::PayError;

@@ -1,0 +1,269 @@
+//! The relay's earnings ledger, in sled.
+//!
+//! [`Ledger::record`] stores a received payment keyed by its [`PaymentId`] and flushes to
+//! disk before it returns, so the caller acknowledges the rail only after the payment is
+//! durable: a crash before the acknowledgement makes the rail redeliver it, and the record
+//! of a redelivered id is a no-op, so no payment is lost or counted twice.
+//!
+//! Trees: `payments` (id → amount, token, day), `days` (day → msat), `tokens`
+//! (token → msat). One sled transaction updates all three, so the aggregates always match
+//! the entries. Days are UTC days since the Unix epoch; the caller passes the time in.
+
+use std::path::Path;
+
+use onionvpn_proto::ext::{PaymentToken, PAYMENT_TOKEN_LEN};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::rail::{PaymentId, Received};
+use crate::PayError;
+
+const PAYMENTS: &str = "payments";
+const DAYS: &str = "days";
+const TOKENS: &str = "tokens";
+/// Key in `tokens` for payments that carried no (well-formed) token.
+const NO_TOKEN: [u8; PAYMENT_TOKEN_LEN] = [0; PAYMENT_TOKEN_LEN];
+/// Seconds in a day.
+const DAY_SECS: u64 = 86_400;
+/// Entry value: amount u64 BE || day u32 BE || has_token u8 || token [16].
+const ENTRY_LEN: usize = 8 + 4 + 1 + PAYMENT_TOKEN_LEN;
+
+/// What recording a payment did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new payment: counted.
+    New,
+    /// Already in the ledger (a redelivery): nothing changed.
+    Duplicate,
+}
+
+/// Earnings of one UTC day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DayTotal {
+    /// Days since 1970-01-01 (UTC).
+    pub day: u32,
+    /// Received that day, in msat.
+    pub msat: u64,
+}
+
+/// The earnings ledger of a relay.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: sled::Db,
+    payments: sled::Tree,
+    days: sled::Tree,
+    tokens: sled::Tree,
+}
+
+fn ledger_err(context: &'static str) -> impl FnOnce(sled::Error) -> PayError {
+    move |source| PayError::Ledger { context, source }
+}
+
+fn u64_of(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = v.get(..8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// The UTC day of `unix_secs`.
+pub fn day_of(unix_secs: u64) -> u32 {
+    u32::try_from(unix_secs / DAY_SECS).unwrap_or(u32::MAX)
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in directory `path`.
+    pub fn open(path: &Path) -> Result<Ledger, PayError> {
+        let db = sled::open(path).map_err(ledger_err("opening"))?;
+        Self::from_db(db)
+    }
+
+    /// A ledger in a temporary directory that sled deletes when dropped (tests, simulator).
+    pub fn temporary() -> Result<Ledger, PayError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(ledger_err("opening"))?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Ledger, PayError> {
+        let tree = |name: &str| db.open_tree(name).map_err(ledger_err("opening a tree"));
+        Ok(Ledger {
+            payments: tree(PAYMENTS)?,
+            days: tree(DAYS)?,
+            tokens: tree(TOKENS)?,
+            db,
+        })
+    }
+
+    /// Records `p`, received at `unix_secs`, and flushes it to disk. Idempotent on `p.id`.
+    pub fn record(&self, p: &Received, unix_secs: u64) -> Result<Recorded, PayError> {
+        let day = day_of(unix_secs);
+        let mut entry = [0u8; ENTRY_LEN];
+        entry[..8].copy_from_slice(&p.amount_msat.to_be_bytes());
+        entry[8..12].copy_from_slice(&day.to_be_bytes());
+        let token = match p.token {
+            Some(PaymentToken(t)) => {
+                entry[12] = 1;
+                entry[13..].copy_from_slice(&t);
+                t
+            }
+            None => NO_TOKEN,
+        };
+        let res = (&self.payments, &self.days, &self.tokens).transaction(|(pay, days, toks)| {
+            if pay.get(p.id.0)?.is_some() {
+                return Ok(Recorded::Duplicate);
+            }
+            pay.insert(&p.id.0, &entry)?;
+            let dk = day.to_be_bytes();
+            let d = days.get(dk)?.map_or(0, |v| u64_of(&v));
+            days.insert(&dk, &d.saturating_add(p.amount_msat).to_be_bytes())?;
+            let t = toks.get(token)?.map_or(0, |v| u64_of(&v));
+            toks.insert(&token, &t.saturating_add(p.amount_msat).to_be_bytes())?;
+            Ok::<_, ConflictableTransactionError<()>>(Recorded::New)
+        });
+        let r = match res {
+            Ok(r) => r,
+            Err(TransactionError::Storage(e)) => return Err(ledger_err("recording")(e)),
+            Err(TransactionError::Abort(())) => {
+                return Err(PayError::Invalid {
+                    what: "ledger transaction",
+                    detail: "aborted".into(),
+                })
+            }
+        };
+        self.db.flush().map_err(ledger_err("flushing"))?;
+        Ok(r)
+    }
+
+    /// Whether payment `id` is in the ledger.
+    pub fn contains(&self, id: &PaymentId) -> Result<bool, PayError> {
+        self.payments
+            .contains_key(id.0)
+            .map_err(ledger_err("reading"))
+    }
+
+    /// Total received, in msat.
+    pub fn total_msat(&self) -> Result<u64, PayError> {
+        Ok(self
+            .per_day()?
+            .iter()
+            .fold(0u64, |s, d| s.saturating_add(d.msat)))
+    }
+
+    /// Received per UTC day, oldest first.
+    pub fn per_day(&self) -> Result<Vec<DayTotal>, PayError> {
+        self.days
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(ledger_err("reading"))?;
+                let mut d = [0u8; 4];
+                if let Some(s) = k.get(..4) {
+                    d.copy_from_slice(s);
+                }
+                Ok(DayTotal {
+                    day: u32::from_be_bytes(d),
+                    msat: u64_of(&v),
+                })
+            })
+            .collect()
+    }
+
+    /// Circuits paid: distinct tokens that paid anything (payments without a token are
+    /// not a circuit).
+    pub fn circuits_paid(&self) -> Result<u64, PayError> {
+        let n = self.tokens.len() as u64;
+        let untokened = self
+            .tokens
+            .contains_key(NO_TOKEN)
+            .map_err(ledger_err("reading"))?;
+        Ok(n - u64::from(untokened))
+    }
+
+    /// Received with token `token`, in msat.
+    pub fn token_msat(&self, token: &PaymentToken) -> Result<u64, PayError> {
+        Ok(self
+            .tokens
+            .get(token.0)
+            .map_err(ledger_err("reading"))?
+            .map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Number of payments recorded.
+    pub fn entries(&self) -> u64 {
+        self.payments.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rx(id: u8, msat: u64, token: Option<u8>) -> Received {
+        Received {
+            id: PaymentId([id; 32]),
+            amount_msat: msat,
+            token: token.map(|t| PaymentToken([t; 16])),
+        }
+    }
+
+    #[test]
+    fn records_once_and_aggregates() {
+        let l = Ledger::temporary().unwrap();
+        let day1 = 20_000 * DAY_SECS + 5;
+        let day2 = 20_001 * DAY_SECS;
+        assert_eq!(l.record(&rx(1, 100, Some(1)), day1).unwrap(), Recorded::New);
+        assert_eq!(l.record(&rx(2, 50, Some(1)), day1).unwrap(), Recorded::New);
+        assert_eq!(l.record(&rx(3, 7, Some(2)), day2).unwrap(), Recorded::New);
+        assert_eq!(l.record(&rx(4, 1, None), day2).unwrap(), Recorded::New);
+        // A redelivery (same id) changes nothing, even with another amount.
+        assert_eq!(
+            l.record(&rx(1, 100, Some(1)), day2).unwrap(),
+            Recorded::Duplicate
+        );
+        assert_eq!(
+            l.record(&rx(3, 999, Some(3)), day2).unwrap(),
+            Recorded::Duplicate
+        );
+        assert_eq!(l.total_msat().unwrap(), 158);
+        assert_eq!(
+            l.per_day().unwrap(),
+            vec![
+                DayTotal {
+                    day: 20_000,
+                    msat: 150
+                },
+                DayTotal {
+                    day: 20_001,
+                    msat: 8
+                }
+            ]
+        );
+        assert_eq!(l.circuits_paid().unwrap(), 2);
+        assert_eq!(l.token_msat(&PaymentToken([1; 16])).unwrap(), 150);
+        assert_eq!(l.entries(), 4);
+        assert!(l.contains(&PaymentId([3; 32])).unwrap());
+        assert!(!l.contains(&PaymentId([9; 32])).unwrap());
+    }
+
+    #[test]
+    fn survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("ledger-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let l = Ledger::open(&dir).unwrap();
+            l.record(&rx(1, 100, Some(1)), 0).unwrap();
+            l.record(&rx(2, 200, Some(2)), 0).unwrap();
+        }
+        let l = Ledger::open(&dir).unwrap();
+        assert_eq!(
+            l.record(&rx(2, 200, Some(2)), 0).unwrap(),
+            Recorded::Duplicate
+        );
+        assert_eq!(l.total_msat().unwrap(), 300);
+        assert_eq!(l.entries(), 2);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,733 @@
+//! The client's payment schedule for one circuit (sans-IO).
+//!
+//! For each hop the payer keeps the hop paid a little ahead of use: use is priced as the
+//! relay prices it ([`crate::account::price`]: bytes carried and circuit age by the hop's
+//! terms). When a hop's unused credit falls to a threshold, the payer orders a payment that
+//! tops it up to exactly one chunk ahead; it never orders another for that hop while one is
+//! unconfirmed, so at most one chunk per hop is at risk (sent but unused, or in flight).
+//!
+//! Jitter: each hop's threshold is drawn afresh for every payment (between a quarter and
+//! three quarters of a chunk) and each payment waits a random delay up to
+//! [`PayerConfig::jitter`], so the hops of one circuit, which see the same bytes, do not pay
+//! in lockstep (which would let one observer link them by timing).
+//!
+//! Limits: terms above the [`PriceCap`] are refused when the payer is built; every order
+//! reserves its amount in the shared [`Budget`] first, and when the budget cannot cover it
+//! the payer stops paying and says so ([`PayerEvent::BudgetReached`]). A failed payment is
+//! retried up to [`PayerConfig::max_attempts`] in all, then the payer reports
+//! [`PayerEvent::Rebuild`] (build the circuit again through another relay) and stops.
+//!
+//! Inputs: bytes carried ([`CircuitPayer::carried`]), payment results
+//! ([`CircuitPayer::on_result`]), the time. Outputs: events from [`CircuitPayer::poll`] and
+//! the next time to poll ([`CircuitPayer::next_deadline`]). No clock, no I/O.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use onionvpn_proto::ext::PaymentTerms;
+use rand_core::Rng;
+
+use crate::account::price;
+use crate::rail::{KeysendRequest, NodeId};
+use crate::PayError;
+
+/// How the payer pays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayerConfig {
+    /// How far ahead of use each hop is paid, in msat: the most at risk per hop.
+    pub chunk_msat: u64,
+    /// Attempts per payment (first try included) before giving the hop up.
+    pub max_attempts: u32,
+    /// Wait before retrying a failed payment.
+    pub retry_delay: Duration,
+    /// Largest random delay added before each payment.
+    pub jitter: Duration,
+    /// Routing fee cap per payment, in msat.
+    pub max_fee_msat: u64,
+}
+
+impl Default for PayerConfig {
+    fn default() -> Self {
+        PayerConfig {
+            chunk_msat: 10_000,
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(1),
+            jitter: Duration::from_millis(500),
+            max_fee_msat: 1_000,
+        }
+    }
+}
+
+/// The highest prices the client accepts for a hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceCap {
+    /// Millisatoshi per MiB.
+    pub msat_per_mib: u64,
+    /// Millisatoshi per minute.
+    pub msat_per_min: u64,
+}
+
+impl PriceCap {
+    /// Whether `terms` are within the cap.
+    pub fn allows(&self, terms: &PaymentTerms) -> bool {
+        terms.msat_per_mib <= self.msat_per_mib && terms.msat_per_min <= self.msat_per_min
+    }
+}
+
+/// The client's spending budget, shared by all its circuits. Amounts are reserved when a
+/// payment is ordered, then committed (sent) or released (failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    limit_msat: Option<u64>,
+    spent_msat: u64,
+    reserved_msat: u64,
+}
+
+impl Budget {
+    /// A budget of `limit_msat` (`None`: unlimited) of which `spent_msat` is already spent
+    /// (restored from the client's data dir).
+    pub fn new(limit_msat: Option<u64>, spent_msat: u64) -> Budget {
+        Budget {
+            limit_msat,
+            spent_msat,
+            reserved_msat: 0,
+        }
+    }
+
+    /// The limit, if any.
+    pub fn limit_msat(&self) -> Option<u64> {
+        self.limit_msat
+    }
+
+    /// Spent so far (payments and routing fees), in msat.
+    pub fn spent_msat(&self) -> u64 {
+        self.spent_msat
+    }
+
+    /// Reserved by payments in flight, in msat.
+    pub fn reserved_msat(&self) -> u64 {
+        self.reserved_msat
+    }
+
+    /// Reserves `amount_msat` plus `max_fee_msat` if the budget covers it.
+    pub fn try_reserve(&mut self, amount_msat: u64, max_fee_msat: u64) -> bool {
+        let want = amount_msat.saturating_add(max_fee_msat);
+        let used = self.spent_msat.saturating_add(self.reserved_msat);
+        match self.limit_msat {
+            Some(limit) if used.saturating_add(want) > limit => false,
+            _ => {
+                self.reserved_msat = self.reserved_msat.saturating_add(want);
+                true
+            }
+        }
+    }
+
+    /// A reserved payment was sent: `amount_msat + fee_msat` is spent.
+    pub fn commit(&mut self, amount_msat: u64, max_fee_msat: u64, fee_msat: u64) {
+        self.release(amount_msat, max_fee_msat);
+        self.spent_msat = self
+            .spent_msat
+            .saturating_add(amount_msat.saturating_add(fee_msat));
+    }
+
+    /// A reserved payment failed: its reservation is returned.
+    pub fn release(&mut self, amount_msat: u64, max_fee_msat: u64) {
+        self.reserved_msat = self
+            .reserved_msat
+            .saturating_sub(amount_msat.saturating_add(max_fee_msat));
+    }
+}
+
+/// One hop to pay: its Lightning node and the terms it confirmed in the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopSpec {
+    /// The relay's Lightning node (from its descriptor).
+    pub node: NodeId,
+    /// The terms (with the hop's token).
+    pub terms: PaymentTerms,
+}
+
+/// Identifies an order of one payer, to report its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderId(pub u64);
+
+/// A payment to make now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// Report the result with this id.
+    pub id: OrderId,
+    /// The hop (0 = guard).
+    pub hop: usize,
+    /// The keysend to send.
+    pub req: KeysendRequest,
+}
+
+/// What the payer asks of its shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayerEvent {
+    /// Send this payment and report the result with [`CircuitPayer::on_result`].
+    Pay(Order),
+    /// The budget cannot cover the next payment: the payer has stopped paying (the
+    /// circuit will end when its grace runs out). Reported once.
+    BudgetReached {
+        /// Spent so far, in msat.
+        spent_msat: u64,
+        /// The limit, in msat.
+        limit_msat: u64,
+    },
+    /// Payments to this hop failed `max_attempts` times: build the circuit again through
+    /// another relay. The payer has stopped. Reported once.
+    Rebuild {
+        /// The hop that could not be paid.
+        hop: usize,
+    },
+}
+
+/// The result of an order, as the rail reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayResult {
+    /// Delivered; routing fees paid.
+    Sent {
+        /// Fees in msat.
+        fee_msat: u64,
+    },
+    /// Failed.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    id: OrderId,
+    amount_msat: u64,
+    attempt: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Hop {
+    spec: HopSpec,
+    /// Delivered to the relay, msat.
+    confirmed_msat: u64,
+    inflight: Option<InFlight>,
+    /// A payment decided and waiting for its jitter delay or retry delay:
+    /// (when, amount, attempt number).
+    due: Option<(Instant, u64, u32)>,
+    /// Pay when unused credit falls to this (drawn per payment).
+    threshold_msat: u64,
+}
+
+/// The payment schedule of one circuit.
+#[derive(Clone, Debug)]
+pub struct CircuitPayer {
+    cfg: PayerConfig,
+    hops: Vec<Hop>,
+    opened: Instant,
+    bytes: u64,
+    next_id: u64,
+    events: VecDeque<PayerEvent>,
+    stopped: bool,
+}
+
+impl CircuitPayer {
+    /// A payer for a circuit opened at `now` through `hops` (only the hops that charge).
+    /// Fails if a hop's terms are above `cap` or the config is unusable.
+    pub fn new<R: Rng + ?Sized>(
+        cfg: PayerConfig,
+        hops: &[HopSpec],
+        cap: &PriceCap,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<CircuitPayer, PayError> {
+        if cfg.chunk_msat == 0 || cfg.max_attempts == 0 {
+            return Err(PayError::Invalid {
+                what: "payer config",
+                detail: "chunk_msat and max_attempts must be positive".into(),
+            });
+        }
+        if let Some(h) = hops.iter().find(|h| !cap.allows(&h.terms)) {
+            return Err(PayError::Invalid {
+                what: "hop terms",
+                detail: format!(
+                    "{} msat/MiB, {} msat/min is above the cap of {} msat/MiB, {} msat/min",
+                    h.terms.msat_per_mib, h.terms.msat_per_min, cap.msat_per_mib, cap.msat_per_min
+                ),
+            });
+        }
+        let chunk = cfg.chunk_msat;
+        let hops = hops
+            .iter()
+            .map(|spec| Hop {
+                spec: *spec,
+                confirmed_msat: 0,
+                inflight: None,
+                due: None,
+                threshold_msat: draw_threshold(chunk, rng),
+            })
+            .collect();
+        Ok(CircuitPayer {
+            cfg,
+            hops,
+            opened: now,
+            bytes: 0,
+            next_id: 0,
+            events: VecDeque::new(),
+            stopped: false,
+        })
+    }
+
+    /// Adds bytes carried by the circuit (counted as the relays count them: relay cell
+    /// bodies, both directions).
+    pub fn carried(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    /// Whether the payer has stopped (budget reached or a hop given up).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Delivered to hop `hop` so far, in msat.
+    pub fn paid_msat(&self, hop: usize) -> u64 {
+        self.hops.get(hop).map_or(0, |h| h.confirmed_msat)
+    }
+
+    /// Delivered to all hops so far, in msat.
+    pub fn total_paid_msat(&self) -> u64 {
+        self.hops
+            .iter()
+            .fold(0u64, |s, h| s.saturating_add(h.confirmed_msat))
+    }
+
+    /// What hop `hop` is owed by its terms at `now`, in msat.
+    pub fn owed_msat(&self, hop: usize, now: Instant) -> u64 {
+        self.hops.get(hop).map_or(0, |h| self.owed(h, now))
+    }
+
+    fn owed(&self, h: &Hop, now: Instant) -> u64 {
+        price(
+            &h.spec.terms,
+            self.bytes,
+            now.saturating_duration_since(self.opened),
+        )
+    }
+
+    /// Decides what to do at `now`: the payments to send, and events to report.
+    pub fn poll<R: Rng + ?Sized>(
+        &mut self,
+        now: Instant,
+        budget: &mut Budget,
+        rng: &mut R,
+    ) -> Vec<PayerEvent> {
+        let mut out: Vec<PayerEvent> = self.events.drain(..).collect();
+        if self.stopped {
+            return out;
+        }
+        for i in 0..self.hops.len() {
+            let owed = self.owed(&self.hops[i], now);
+            let chunk = self.cfg.chunk_msat;
+            let jitter = self.cfg.jitter;
+            let h = &mut self.hops[i];
+            if h.inflight.is_some() {
+                continue;
+            }
+            if h.due.is_none() {
+                // Unused credit (negative: behind).
+                let unused = i128::from(h.confirmed_msat) - i128::from(owed);
+                if unused > i128::from(h.threshold_msat) {
+                    continue;
+                }
+                let delay = random_duration(jitter, rng);
+                h.due = Some((now + delay, 0, 1));
+            }
+            let Some((at, retry_amount, attempt)) = h.due else {
+                continue;
+            };
+            if at > now {
+                continue;
+            }
+            // A first attempt tops up to one chunk ahead of use as it is now; a retry
+            // sends what failed.
+            let amount = if retry_amount > 0 {
+                retry_amount
+            } else {
+                let target = owed.saturating_add(chunk);
+                target.saturating_sub(h.confirmed_msat)
+            };
+            if amount == 0 {
+                h.due = None;
+                continue;
+            }
+            if !budget.try_reserve(amount, self.cfg.max_fee_msat) {
+                self.stopped = true;
+                out.push(PayerEvent::BudgetReached {
+                    spent_msat: budget.spent_msat(),
+                    limit_msat: budget.limit_msat().unwrap_or(u64::MAX),
+                });
+                return out;
+            }
+            let id = OrderId(self.next_id);
+            self.next_id += 1;
+            h.due = None;
+            h.inflight = Some(InFlight {
+                id,
+                amount_msat: amount,
+                attempt,
+            });
+            out.push(PayerEvent::Pay(Order {
+                id,
+                hop: i,
+                req: KeysendRequest {
+                    to: h.spec.node,
+                    amount_msat: amount,
+                    token: h.spec.terms.token,
+                    max_fee_msat: self.cfg.max_fee_msat,
+                },
+            }));
+        }
+        out
+    }
+
+    /// Reports the result of order `id` (unknown ids are ignored). Call [`Self::poll`]
+    /// afterwards.
+    pub fn on_result<R: Rng + ?Sized>(
+        &mut self,
+        id: OrderId,
+        result: PayResult,
+        now: Instant,
+        budget: &mut Budget,
+        rng: &mut R,
+    ) {
+        let max_fee = self.cfg.max_fee_msat;
+        let Some((i, h)) = self
+            .hops
+            .iter_mut()
+            .enumerate()
+            .find(|(_, h)| h.inflight.as_ref().is_some_and(|f| f.id == id))
+        else {
+            return;
+        };
+        let Some(f) = h.inflight.take() else {
+            return;
+        };
+        match result {
+            PayResult::Sent { fee_msat } => {
+                budget.commit(f.amount_msat, max_fee, fee_msat.min(max_fee));
+                h.confirmed_msat = h.confirmed_msat.saturating_add(f.amount_msat);
+                h.threshold_msat = draw_threshold(self.cfg.chunk_msat, rng);
+            }
+            PayResult::Failed => {
+                budget.release(f.amount_msat, max_fee);
+                if self.stopped {
+                    return;
+                }
+                if f.attempt >= self.cfg.max_attempts {
+                    self.stopped = true;
+                    self.events.push_back(PayerEvent::Rebuild { hop: i });
+                } else {
+                    h.due = Some((now + self.cfg.retry_delay, f.amount_msat, f.attempt + 1));
+                }
+            }
+        }
+    }
+
+    /// When [`Self::poll`] should next be called if nothing else happens (no bytes, no
+    /// results): a due payment, or the time at which the per-minute price alone brings a
+    /// hop to its threshold. `None`: only new bytes or results can change anything.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        if !self.events.is_empty() {
+            return Some(now);
+        }
+        let mut best: Option<Instant> = None;
+        for h in &self.hops {
+            if h.inflight.is_some() {
+                continue;
+            }
+            let at = match h.due {
+                Some((at, _, _)) => Some(at),
+                None => self.threshold_time(h),
+            };
+            if let Some(at) = at {
+                best = Some(best.map_or(at, |b| b.min(at)));
+            }
+        }
+        best.map(|b| b.max(now))
+    }
+
+    /// The circuit age at which hop `h`'s unused credit reaches its threshold by time alone.
+    fn threshold_time(&self, h: &Hop) -> Option<Instant> {
+        let per_min = h.spec.terms.msat_per_min;
+        if per_min == 0 {
+            return None;
+        }
+        let by_bytes = price(&h.spec.terms, self.bytes, Duration::ZERO);
+        let room = h
+            .confirmed_msat
+            .saturating_sub(h.threshold_msat)
+            .saturating_sub(by_bytes);
+        // Smallest age whose time price reaches `room`.
+        let ms = (u128::from(room) * 60_000).div_ceil(u128::from(per_min));
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        self.opened.checked_add(Duration::from_millis(ms))
+    }
+}
+
+fn draw_threshold<R: Rng + ?Sized>(chunk: u64, rng: &mut R) -> u64 {
+    let quarter = chunk / 4;
+    let span = (chunk / 2).max(1);
+    quarter + rng.next_u64() % span
+}
+
+fn random_duration<R: Rng + ?Sized>(max: Duration, rng: &mut R) -> Duration {
+    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rng.next_u64() % ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onionvpn_proto::ext::PaymentToken;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const CAP: PriceCap = PriceCap {
+        msat_per_mib: 2000,
+        msat_per_min: 100,
+    };
+
+    fn hop(n: u8, mib: u64, min: u64) -> HopSpec {
+        HopSpec {
+            node: NodeId([n; 33]),
+            terms: PaymentTerms {
+                msat_per_mib: mib,
+                msat_per_min: min,
+                grace_kib: 256,
+                token: PaymentToken([n; 16]),
+            },
+        }
+    }
+
+    fn cfg() -> PayerConfig {
+        PayerConfig {
+            chunk_msat: 1000,
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(1),
+            jitter: Duration::from_millis(300),
+            max_fee_msat: 10,
+        }
+    }
+
+    fn orders(ev: &[PayerEvent]) -> Vec<Order> {
+        ev.iter()
+            .filter_map(|e| match e {
+                PayerEvent::Pay(o) => Some(*o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs a payer over a transfer: `mib` MiB in steps of 64 KiB, one step per 10 ms,
+    /// every order succeeding at once. Returns the payer, the budget and the largest
+    /// at-risk amount seen on any hop.
+    fn run(
+        hops: &[HopSpec],
+        mib: u64,
+        budget: Option<u64>,
+        seed: u64,
+    ) -> (CircuitPayer, Budget, u64, Vec<PayerEvent>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let t0 = Instant::now();
+        let mut p = CircuitPayer::new(cfg(), hops, &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(budget, 0);
+        let mut max_risk = 0;
+        let mut all = Vec::new();
+        let steps = mib * 16;
+        for s in 0..=steps + 100 {
+            let now = t0 + Duration::from_millis(10 * s);
+            if s > 0 && s <= steps {
+                p.carried(64 * 1024);
+            }
+            let ev = p.poll(now, &mut b, &mut rng);
+            for o in orders(&ev) {
+                let risk = (p.paid_msat(o.hop) + o.req.amount_msat)
+                    .saturating_sub(p.owed_msat(o.hop, now));
+                max_risk = max_risk.max(risk);
+                p.on_result(o.id, PayResult::Sent { fee_msat: 1 }, now, &mut b, &mut rng);
+            }
+            all.extend(ev);
+        }
+        (p, b, max_risk, all)
+    }
+
+    #[test]
+    fn pays_each_hop_ahead_within_one_chunk() {
+        let hops = [hop(1, 1000, 0), hop(2, 500, 0), hop(3, 2000, 0)];
+        let (p, b, max_risk, _) = run(&hops, 10, None, 1);
+        let end = Instant::now() + Duration::from_secs(3600);
+        for (i, h) in hops.iter().enumerate() {
+            let owed = h.terms.msat_per_mib * 10;
+            let paid = p.paid_msat(i);
+            assert!(paid >= owed, "hop {i}: paid {paid} < owed {owed}");
+            assert!(
+                paid <= owed + 1000,
+                "hop {i}: paid {paid} > owed {owed} + chunk"
+            );
+            let _ = end;
+        }
+        assert!(max_risk <= 1000, "at risk {max_risk} > one chunk");
+        // Spend = payments + fees (1 msat per payment).
+        assert!(b.spent_msat() > p.total_paid_msat());
+        assert_eq!(b.reserved_msat(), 0);
+    }
+
+    #[test]
+    fn hops_do_not_pay_in_lockstep() {
+        let hops = [hop(1, 1000, 0), hop(2, 1000, 0), hop(3, 1000, 0)];
+        let (_, _, _, ev) = run(&hops, 10, None, 7);
+        // Same prices, same bytes: without jitter every hop would pay at the same steps.
+        let per_hop = |k: usize| -> Vec<u64> {
+            orders(&ev)
+                .iter()
+                .filter(|o| o.hop == k)
+                .map(|o| o.req.amount_msat)
+                .collect()
+        };
+        assert_ne!(per_hop(0), per_hop(1));
+        assert_ne!(per_hop(1), per_hop(2));
+    }
+
+    #[test]
+    fn one_payment_in_flight_per_hop() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.jitter = Duration::ZERO;
+        let mut p = CircuitPayer::new(c, &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        let later = t0 + Duration::from_secs(1);
+        let first = orders(&p.poll(later, &mut b, &mut rng));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].req.amount_msat, 1000);
+        assert_eq!(first[0].req.token, PaymentToken([1; 16]));
+        // Lots of use, still unconfirmed: nothing more.
+        p.carried(50 << 20);
+        assert!(orders(&p.poll(later, &mut b, &mut rng)).is_empty());
+        p.on_result(
+            first[0].id,
+            PayResult::Sent { fee_msat: 0 },
+            later,
+            &mut b,
+            &mut rng,
+        );
+        let t = later + Duration::from_secs(1);
+        let next = orders(&p.poll(t, &mut b, &mut rng));
+        // Catches up the 50 MiB used and goes one chunk ahead.
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].req.amount_msat, 50_000);
+    }
+
+    #[test]
+    fn refuses_terms_above_the_cap() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let t0 = Instant::now();
+        for h in [hop(1, 2001, 0), hop(1, 0, 101)] {
+            let r = CircuitPayer::new(cfg(), &[hop(2, 1, 1), h], &CAP, t0, &mut rng);
+            assert!(matches!(
+                r,
+                Err(PayError::Invalid {
+                    what: "hop terms",
+                    ..
+                })
+            ));
+        }
+        assert!(CircuitPayer::new(cfg(), &[hop(1, 2000, 100)], &CAP, t0, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn stops_and_says_so_when_the_budget_is_reached() {
+        let hops = [hop(1, 1000, 0), hop(2, 1000, 0)];
+        let (p, b, _, ev) = run(&hops, 10, Some(5_000), 5);
+        let reached: Vec<_> = ev
+            .iter()
+            .filter(|e| matches!(e, PayerEvent::BudgetReached { .. }))
+            .collect();
+        assert_eq!(reached.len(), 1);
+        assert!(p.stopped());
+        assert!(b.spent_msat() <= 5_000, "spent {}", b.spent_msat());
+        assert!(p.total_paid_msat() < 20_000);
+    }
+
+    #[test]
+    fn a_budget_restored_from_disk_counts_earlier_spend() {
+        let mut b = Budget::new(Some(1000), 990);
+        assert!(!b.try_reserve(5, 10));
+        assert!(b.try_reserve(5, 5));
+        b.commit(5, 5, 2);
+        assert_eq!(b.spent_msat(), 997);
+        assert_eq!(b.reserved_msat(), 0);
+        assert!(Budget::new(None, u64::MAX).try_reserve(u64::MAX, 1));
+    }
+
+    #[test]
+    fn retries_then_asks_for_a_rebuild() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let t0 = Instant::now();
+        let mut p = CircuitPayer::new(cfg(), &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        let mut now = t0 + Duration::from_secs(1);
+        let mut attempts = 0;
+        let mut rebuild = None;
+        for _ in 0..20 {
+            for e in p.poll(now, &mut b, &mut rng) {
+                match e {
+                    PayerEvent::Pay(o) => {
+                        attempts += 1;
+                        assert_eq!(o.req.amount_msat, 1000);
+                        p.on_result(o.id, PayResult::Failed, now, &mut b, &mut rng);
+                    }
+                    PayerEvent::Rebuild { hop } => rebuild = Some(hop),
+                    PayerEvent::BudgetReached { .. } => panic!("no budget set"),
+                }
+            }
+            now = p.next_deadline(now).unwrap_or(now + Duration::from_secs(1));
+        }
+        assert_eq!(attempts, 3);
+        assert_eq!(rebuild, Some(0));
+        assert!(p.stopped());
+        assert_eq!(b.reserved_msat(), 0);
+        assert_eq!(b.spent_msat(), 0);
+    }
+
+    #[test]
+    fn time_price_sets_the_next_deadline() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.jitter = Duration::ZERO;
+        let mut p = CircuitPayer::new(c, &[hop(1, 0, 60)], &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        let o = orders(&p.poll(t0, &mut b, &mut rng));
+        assert_eq!(o.len(), 1);
+        p.on_result(
+            o[0].id,
+            PayResult::Sent { fee_msat: 0 },
+            t0,
+            &mut b,
+            &mut rng,
+        );
+        // 1000 msat ahead at 60 msat/min (1 msat/s): the threshold (250..750 msat) is
+        // reached by time alone between 250 and 750 s.
+        let d = p.next_deadline(t0).unwrap();
+        let age = d - t0;
+        assert!(
+            age >= Duration::from_secs(250) && age <= Duration::from_secs(750),
+            "{age:?}"
+        );
+        assert!(orders(&p.poll(d - Duration::from_secs(2), &mut b, &mut rng)).is_empty());
+        assert_eq!(orders(&p.poll(d, &mut b, &mut rng)).len(), 1);
+    }
+}
