@@ -80,7 +80,9 @@ pub fn tools_dir() -> PathBuf {
 pub fn free_port() -> Result<u16, RegtestError> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| RegtestError::Io("binding a free port", e))?;
-    Ok(l.local_addr().map_err(|e| RegtestError::Io("free port address", e))?.port())
+    Ok(l.local_addr()
+        .map_err(|e| RegtestError::Io("free port address", e))?
+        .port())
 }
 
 /// A running regtest chain. Killed on drop; it also exits by itself when this process dies
@@ -150,7 +152,9 @@ impl Regtest {
             Ok(Err(e)) => return Err(RegtestError::Io("reading chain output", e)),
             Err(_) => {
                 let status = chain.child.try_wait().ok().flatten();
-                return Err(RegtestError::Start(format!("no ready line (exit: {status:?})")));
+                return Err(RegtestError::Start(format!(
+                    "no ready line (exit: {status:?})"
+                )));
             }
         }
         Ok(chain)
@@ -173,27 +177,39 @@ impl Regtest {
 
     /// One JSON-RPC call over HTTP/1.1 (one connection per call).
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RegtestError> {
-        let rpc = |detail: String| RegtestError::Rpc { method: method.to_owned(), detail };
+        let rpc = |detail: String| RegtestError::Rpc {
+            method: method.to_owned(),
+            detail,
+        };
         let body = json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params});
         let body = body.to_string();
         let auth = base64(format!("onionvpn:{}", self.password).as_bytes());
         let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))
             .map_err(|e| rpc(format!("connect: {e}")))?;
-        s.set_read_timeout(Some(RPC_TIMEOUT)).map_err(|e| rpc(e.to_string()))?;
-        s.set_write_timeout(Some(RPC_TIMEOUT)).map_err(|e| rpc(e.to_string()))?;
+        s.set_read_timeout(Some(RPC_TIMEOUT))
+            .map_err(|e| rpc(e.to_string()))?;
+        s.set_write_timeout(Some(RPC_TIMEOUT))
+            .map_err(|e| rpc(e.to_string()))?;
         let req = format!(
             "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Basic {auth}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.port,
             body.len()
         );
-        s.write_all(req.as_bytes()).map_err(|e| rpc(format!("write: {e}")))?;
+        s.write_all(req.as_bytes())
+            .map_err(|e| rpc(format!("write: {e}")))?;
         let mut reply = Vec::new();
-        s.take(MAX_REPLY).read_to_end(&mut reply).map_err(|e| rpc(format!("read: {e}")))?;
+        s.take(MAX_REPLY)
+            .read_to_end(&mut reply)
+            .map_err(|e| rpc(format!("read: {e}")))?;
         let reply = String::from_utf8_lossy(&reply);
-        let (head, body) =
-            reply.split_once("\r\n\r\n").ok_or_else(|| rpc("no HTTP header end".into()))?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let (head, body) = reply
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| rpc("no HTTP header end".into()))?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body).ok_or_else(|| rpc("bad chunked body".into()))?
         } else {
             body.to_owned()
@@ -292,19 +308,28 @@ impl Regtest {
     ) -> Result<(), RegtestError> {
         let mut ev_from = from.channel_events();
         let mut ev_to = to.channel_events();
-        let addr = to.listening_address().ok_or(RegtestError::Address("peer does not listen".into()))?;
-        from.open_channel(to.node_id(), addr, sats, push_msat).await?;
-        wait_event(&mut ev_from, "channel pending", |e| matches!(e, ChannelEvent::Pending { .. }))
+        let addr = to
+            .listening_address()
+            .ok_or(RegtestError::Address("peer does not listen".into()))?;
+        from.open_channel(to.node_id(), addr, sats, push_msat)
             .await?;
+        wait_event(&mut ev_from, "channel pending", |e| {
+            matches!(e, ChannelEvent::Pending { .. })
+        })
+        .await?;
         wait_event(&mut ev_to, "channel pending at peer", |e| {
             matches!(e, ChannelEvent::Pending { .. })
         })
         .await?;
         self.mine(CHANNEL_DEPTH)?;
-        wait_event(&mut ev_from, "channel ready", |e| matches!(e, ChannelEvent::Ready { .. }))
-            .await?;
-        wait_event(&mut ev_to, "channel ready at peer", |e| matches!(e, ChannelEvent::Ready { .. }))
-            .await?;
+        wait_event(&mut ev_from, "channel ready", |e| {
+            matches!(e, ChannelEvent::Ready { .. })
+        })
+        .await?;
+        wait_event(&mut ev_to, "channel ready at peer", |e| {
+            matches!(e, ChannelEvent::Ready { .. })
+        })
+        .await?;
         wait_usable(from, to).await
     }
 }
@@ -314,8 +339,14 @@ impl Regtest {
 pub async fn wait_usable(from: &LdkRail, to: &LdkRail) -> Result<(), RegtestError> {
     let (a, b) = (from.node_id(), to.node_id());
     wait_until(NODE_DEADLINE, "channel usable on both sides", || {
-        Ok(from.channels().iter().any(|c| c.counterparty == b && c.usable)
-            && to.channels().iter().any(|c| c.counterparty == a && c.usable))
+        Ok(from
+            .channels()
+            .iter()
+            .any(|c| c.counterparty == b && c.usable)
+            && to
+                .channels()
+                .iter()
+                .any(|c| c.counterparty == a && c.usable))
     })
     .await
 }
@@ -369,7 +400,9 @@ pub fn to_bcoin_address(address: &str) -> Result<String, RegtestError> {
     let b = spk.as_bytes();
     // P2WPKH/P2WSH: OP_0 <push len> <program>.
     if b.len() < 2 || b[0] != 0 {
-        return Err(RegtestError::Address(format!("{address}: not a v0 witness address")));
+        return Err(RegtestError::Address(format!(
+            "{address}: not a v0 witness address"
+        )));
     }
     let hrp = Hrp::parse("rb").map_err(|e| RegtestError::Address(e.to_string()))?;
     bech32::segwit::encode_v0(hrp, &b[2..]).map_err(|e| RegtestError::Address(e.to_string()))
@@ -430,15 +463,23 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")]
-        {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }
 
     #[test]
     fn dechunk_joins_chunks() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_deref(), Some("abcde"));
+        assert_eq!(
+            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_deref(),
+            Some("abcde")
+        );
         assert_eq!(dechunk("zz\r\n"), None);
     }
 

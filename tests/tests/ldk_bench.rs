@@ -98,7 +98,10 @@ async fn keysend_latency_and_store_size() {
     let client = chain.start_rail(&dir.path().join("client")).await.unwrap();
     let relay = chain.start_rail(&dir.path().join("relay")).await.unwrap();
     chain.fund(&client).await.unwrap();
-    chain.open_channel(&client, &relay, 1_000_000, None).await.unwrap();
+    chain
+        .open_channel(&client, &relay, 1_000_000, None)
+        .await
+        .unwrap();
 
     // Warm-up: LDK delays HTLC processing for ~2 s right after start.
     for i in 0..5 {
@@ -116,7 +119,11 @@ async fn keysend_latency_and_store_size() {
     let b90 = quantile(&mut base, 0.9);
     let (r50, r90) = (quantile(&mut recv, 0.5), quantile(&mut recv, 0.9));
     let (d50, d90) = (quantile(&mut done, 0.5), quantile(&mut done, 0.9));
-    println!("baseline loopback TCP 1-byte RTT ({TCP_N}): median {:.3} ms, p90 {:.3} ms", ms(b50), ms(b90));
+    println!(
+        "baseline loopback TCP 1-byte RTT ({TCP_N}): median {:.3} ms, p90 {:.3} ms",
+        ms(b50),
+        ms(b90)
+    );
     println!(
         "keysend 1000 msat, one direct channel ({LATENCY_N} sequential): received median {:.1} ms p90 {:.1} ms; \
          sender success median {:.1} ms p90 {:.1} ms; median ratio to TCP RTT {:.0}x",
@@ -130,17 +137,26 @@ async fn keysend_latency_and_store_size() {
     let cdir = client.storage_dir().to_path_buf();
     let rdir = relay.storage_dir().to_path_buf();
     let (c0, r0) = (store_bytes(&cdir), store_bytes(&rdir));
-    let (n0c, n0r) = (client.node().list_payments().len(), relay.node().list_payments().len());
+    let (n0c, n0r) = (
+        client.node().list_payments().len(),
+        relay.node().list_payments().len(),
+    );
     for i in 0..STORE_N {
         pay(&client, &relay, i, false).await;
     }
     let (c1, r1) = (store_bytes(&cdir), store_bytes(&rdir));
-    let (n1c, n1r) = (client.node().list_payments().len(), relay.node().list_payments().len());
+    let (n1c, n1r) = (
+        client.node().list_payments().len(),
+        relay.node().list_payments().len(),
+    );
     for i in 0..STORE_N {
         pay(&client, &relay, i, true).await;
     }
     let (c2, r2) = (store_bytes(&cdir), store_bytes(&rdir));
-    let (n2c, n2r) = (client.node().list_payments().len(), relay.node().list_payments().len());
+    let (n2c, n2r) = (
+        client.node().list_payments().len(),
+        relay.node().list_payments().len(),
+    );
     println!(
         "store, {STORE_N} payments without forget: client +{} records +{} bytes, relay +{} records +{} bytes",
         n1c - n0c,

@@ -31,10 +31,19 @@ async fn next(rail: &LdkRail) -> Received {
 /// Chain, a client and a relay rail with a funded channel client → relay.
 async fn setup(dir: &std::path::Path) -> (Regtest, Arc<LdkRail>, Arc<LdkRail>) {
     let chain = Regtest::start().expect("regtest chain");
-    let client = chain.start_rail(&dir.join("client")).await.expect("client rail");
-    let relay = chain.start_rail(&dir.join("relay")).await.expect("relay rail");
+    let client = chain
+        .start_rail(&dir.join("client"))
+        .await
+        .expect("client rail");
+    let relay = chain
+        .start_rail(&dir.join("relay"))
+        .await
+        .expect("relay rail");
     chain.fund(&client).await.expect("fund client");
-    chain.open_channel(&client, &relay, CHANNEL_SAT, None).await.expect("channel");
+    chain
+        .open_channel(&client, &relay, CHANNEL_SAT, None)
+        .await
+        .expect("channel");
     (chain, client, relay)
 }
 
@@ -53,7 +62,10 @@ async fn keysend_carries_token_and_amount_and_forget_prunes() {
     }
 
     let token = *b"hop-token-16byte";
-    let sent = client.keysend(keysend(&relay, 10_000, token)).await.expect("keysend");
+    let sent = client
+        .keysend(keysend(&relay, 10_000, token))
+        .await
+        .expect("keysend");
     assert_eq!(sent.fee_msat, 0, "direct channel: no routing fee");
     let got = next(&relay).await;
     assert_eq!(got.id, sent.id);
@@ -75,7 +87,10 @@ async fn keysend_carries_token_and_amount_and_forget_prunes() {
         Err(PayError::PaymentFailed(_)) => {}
         other => panic!("expected PaymentFailed, got {other:?}"),
     }
-    let sent = client.keysend(keysend(&relay, 1, token)).await.expect("1 msat keysend");
+    let sent = client
+        .keysend(keysend(&relay, 1, token))
+        .await
+        .expect("1 msat keysend");
     assert_eq!(next(&relay).await.id, sent.id);
 
     client.stop().await.unwrap();
@@ -88,21 +103,39 @@ async fn unacknowledged_payment_is_redelivered_after_restart() {
     let (chain, client, relay) = setup(dir.path()).await;
     let relay_dir = dir.path().join("relay");
 
-    let first = client.keysend(keysend(&relay, 5_000, [1; 16])).await.expect("keysend 1");
+    let first = client
+        .keysend(keysend(&relay, 5_000, [1; 16]))
+        .await
+        .expect("keysend 1");
     let got = next(&relay).await;
     assert_eq!(got.id, first.id);
     // Not acknowledged: the relay "crashes" before recording it.
-    let relay = chain.restart_rail(relay, &relay_dir).await.expect("restart 1");
+    let relay = chain
+        .restart_rail(relay, &relay_dir)
+        .await
+        .expect("restart 1");
     let again = next(&relay).await;
-    assert_eq!(again, got, "the unacknowledged payment comes back, same id and token");
+    assert_eq!(
+        again, got,
+        "the unacknowledged payment comes back, same id and token"
+    );
     relay.ack_received(again.id).unwrap();
 
     // Acknowledged now: after another restart only new payments arrive.
-    let relay = chain.restart_rail(relay, &relay_dir).await.expect("restart 2");
+    let relay = chain
+        .restart_rail(relay, &relay_dir)
+        .await
+        .expect("restart 2");
     wait_usable(&client, &relay).await.expect("reconnected");
-    let second = client.keysend(keysend(&relay, 6_000, [2; 16])).await.expect("keysend 2");
+    let second = client
+        .keysend(keysend(&relay, 6_000, [2; 16]))
+        .await
+        .expect("keysend 2");
     let got = next(&relay).await;
-    assert_eq!(got.id, second.id, "the acknowledged payment was not redelivered");
+    assert_eq!(
+        got.id, second.id,
+        "the acknowledged payment was not redelivered"
+    );
     assert_eq!(got.token, Some(PaymentToken([2; 16])));
     relay.ack_received(got.id).unwrap();
 

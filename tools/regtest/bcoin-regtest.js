@@ -24,7 +24,8 @@ function adapt(rpc) {
   const header = rpc.calls.getblockheader;
   rpc.calls.getblockheader = async function (args, help) {
     const res = await header.call(this, args, help);
-    if (help || args.length < 2 || args[1] !== true || typeof res !== 'object')
+    // Verbose (the default) answers an object; raw answers a hex string.
+    if (help || res === null || typeof res !== 'object')
       return res;
     const raw = Buffer.from(await header.call(this, [args[0], false], help), 'hex');
     res.nonce = raw.readUInt32LE(76);

@@ -208,13 +208,11 @@ impl LdkConfig {
                     "no chain source: set [lightning.esplora] or [lightning.bitcoind]".into(),
                 ))
             }
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "lightning",
-                    "two chain sources: set only one of [lightning.esplora] and [lightning.bitcoind]"
-                        .into(),
-                ))
-            }
+            (Some(_), Some(_)) => return Err(invalid(
+                "lightning",
+                "two chain sources: set only one of [lightning.esplora] and [lightning.bitcoind]"
+                    .into(),
+            )),
         };
         let listen = match &self.listen {
             None => None,
@@ -330,11 +328,15 @@ password = "secret"
         c.bitcoind = None;
         assert_eq!(err_of(&c).0, "lightning");
         let mut c = parse(BASE);
-        c.esplora = Some(EsploraConfig { url: "https://e.invalid".into() });
+        c.esplora = Some(EsploraConfig {
+            url: "https://e.invalid".into(),
+        });
         assert_eq!(err_of(&c).0, "lightning");
         c.bitcoind = None;
         assert!(c.validate(Path::new("/d")).is_ok());
-        c.esplora = Some(EsploraConfig { url: "ftp://e".into() });
+        c.esplora = Some(EsploraConfig {
+            url: "ftp://e".into(),
+        });
         assert_eq!(err_of(&c).0, "lightning.esplora.url");
     }
 

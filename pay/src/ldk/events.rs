@@ -99,12 +99,24 @@ async fn handle(
     stop: &mut watch::Receiver<bool>,
 ) -> Next {
     match event {
-        Event::PaymentSuccessful { payment_id, payment_hash, fee_paid_msat, .. } => {
+        Event::PaymentSuccessful {
+            payment_id,
+            payment_hash,
+            fee_paid_msat,
+            ..
+        } => {
             let id = payment_id.map(|p| p.0).unwrap_or(payment_hash.0);
-            let sent = Sent { id: PaymentId(id), fee_msat: fee_paid_msat.unwrap_or(0) };
+            let sent = Sent {
+                id: PaymentId(id),
+                fee_msat: fee_paid_msat.unwrap_or(0),
+            };
             resolve(shared, id, Ok(sent));
         }
-        Event::PaymentFailed { payment_id, payment_hash, reason } => {
+        Event::PaymentFailed {
+            payment_id,
+            payment_hash,
+            reason,
+        } => {
             let id = payment_id.map(|p| p.0).or(payment_hash.map(|h| h.0));
             if let Some(id) = id {
                 let why = match reason {
@@ -114,10 +126,23 @@ async fn handle(
                 resolve(shared, id, Err(PayError::PaymentFailed(why)));
             }
         }
-        Event::PaymentReceived { payment_id, payment_hash, amount_msat, custom_records } => {
+        Event::PaymentReceived {
+            payment_id,
+            payment_hash,
+            amount_msat,
+            custom_records,
+        } => {
             let id = PaymentId(payment_id.map(|p| p.0).unwrap_or(payment_hash.0));
-            let r = Received { id, amount_msat: *amount_msat, token: token_of(custom_records) };
-            tracing::debug!(amount_msat, has_token = r.token.is_some(), "ldk: payment received");
+            let r = Received {
+                id,
+                amount_msat: *amount_msat,
+                token: token_of(custom_records),
+            };
+            tracing::debug!(
+                amount_msat,
+                has_token = r.token.is_some(),
+                "ldk: payment received"
+            );
             if received_tx.send(r).is_err() {
                 return Next::Stop;
             }
@@ -136,21 +161,34 @@ async fn handle(
                 }
             }
         }
-        Event::ChannelPending { channel_id, counterparty_node_id, .. } => {
+        Event::ChannelPending {
+            channel_id,
+            counterparty_node_id,
+            ..
+        } => {
             tracing::info!("ldk: channel pending");
             let _ = shared.channel_tx.send(ChannelEvent::Pending {
                 channel_id: channel_id.0,
                 counterparty: nid(counterparty_node_id),
             });
         }
-        Event::ChannelReady { channel_id, counterparty_node_id, .. } => {
+        Event::ChannelReady {
+            channel_id,
+            counterparty_node_id,
+            ..
+        } => {
             tracing::info!("ldk: channel ready");
             let _ = shared.channel_tx.send(ChannelEvent::Ready {
                 channel_id: channel_id.0,
                 counterparty: counterparty_node_id.as_ref().map(nid),
             });
         }
-        Event::ChannelClosed { channel_id, counterparty_node_id, reason, .. } => {
+        Event::ChannelClosed {
+            channel_id,
+            counterparty_node_id,
+            reason,
+            ..
+        } => {
             let reason = match reason {
                 Some(r) => r.to_string(),
                 None => "unknown reason".to_owned(),

@@ -49,18 +49,18 @@ const LOG_FILE: &str = "ldk_node.log";
 const CHANNEL_EVENT_BACKLOG: usize = 64;
 
 /// Where the outcome of an outgoing payment is delivered.
-type Waiters = Mutex<HashMap<[u8; 32], oneshot::Sender<Result<Sent, PayError>>>>;
+type WaiterMap = HashMap<[u8; 32], oneshot::Sender<Result<Sent, PayError>>>;
 
 /// State shared between the rail and its event pump.
 struct Shared {
     /// Outgoing payments waiting for PaymentSuccessful/PaymentFailed.
-    waiters: Waiters,
+    waiters: Mutex<WaiterMap>,
     /// Channel lifecycle events, for tests and wallet commands.
     channel_tx: broadcast::Sender<ChannelEvent>,
 }
 
 impl Shared {
-    fn waiters(&self) -> MutexGuard<'_, HashMap<[u8; 32], oneshot::Sender<Result<Sent, PayError>>>> {
+    fn waiters(&self) -> MutexGuard<'_, WaiterMap> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
@@ -83,7 +83,9 @@ pub struct LdkRail {
 
 impl std::fmt::Debug for LdkRail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LdkRail").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("LdkRail")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,22 +99,33 @@ pub(crate) fn node_err(context: &'static str, e: NodeError) -> PayError {
         | NodeError::InsufficientFunds
         | NodeError::InvalidInvoice
         | NodeError::InvalidAmount => PayError::PaymentFailed(format!("{context}: {e}")),
-        _ => PayError::Node { context, detail: e.to_string() },
+        _ => PayError::Node {
+            context,
+            detail: e.to_string(),
+        },
     }
 }
 
 fn io_err(context: &'static str, e: std::io::Error) -> PayError {
-    PayError::Node { context, detail: e.to_string() }
+    PayError::Node {
+        context,
+        detail: e.to_string(),
+    }
 }
 
 fn join_err(context: &'static str, e: tokio::task::JoinError) -> PayError {
-    PayError::Node { context, detail: e.to_string() }
+    PayError::Node {
+        context,
+        detail: e.to_string(),
+    }
 }
 
 /// Converts a rail node id to a secp256k1 key.
 pub(crate) fn public_key(id: &NodeId) -> Result<PublicKey, PayError> {
-    PublicKey::from_slice(&id.0)
-        .map_err(|e| PayError::Invalid { what: "node id", detail: e.to_string() })
+    PublicKey::from_slice(&id.0).map_err(|e| PayError::Invalid {
+        what: "node id",
+        detail: e.to_string(),
+    })
 }
 
 /// Reads the token from a payment's custom TLVs: `None` if absent or not exactly
@@ -154,7 +167,10 @@ impl LdkRail {
         let node_id = NodeId(node.node_id().serialize());
 
         let (channel_tx, _) = broadcast::channel(CHANNEL_EVENT_BACKLOG);
-        let shared = Arc::new(Shared { waiters: Mutex::new(HashMap::new()), channel_tx });
+        let shared = Arc::new(Shared {
+            waiters: Mutex::new(HashMap::new()),
+            channel_tx,
+        });
         let (received_tx, received_rx) = mpsc::unbounded_channel();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -280,16 +296,23 @@ fn build_node(cfg: &ValidConfig, handle: tokio::runtime::Handle) -> Result<Node,
     }
     if let Some(a) = cfg.listen {
         b.set_listening_addresses(vec![SocketAddress::from(a)])
-            .map_err(|e| PayError::Invalid { what: "lightning.listen", detail: e.to_string() })?;
+            .map_err(|e| PayError::Invalid {
+                what: "lightning.listen",
+                detail: e.to_string(),
+            })?;
     }
     if let Some(alias) = &cfg.alias {
         b.set_node_alias(alias.clone())
-            .map_err(|e| PayError::Invalid { what: "lightning.alias", detail: e.to_string() })?;
+            .map_err(|e| PayError::Invalid {
+                what: "lightning.alias",
+                detail: e.to_string(),
+            })?;
     }
     b.set_runtime(handle);
-    let node = b
-        .build()
-        .map_err(|e| PayError::Node { context: "building node", detail: e.to_string() })?;
+    let node = b.build().map_err(|e| PayError::Node {
+        context: "building node",
+        detail: e.to_string(),
+    })?;
     // ldk-node creates its seed read-only (0400); the project's rule for key files is 0600.
     set_mode(&cfg.storage_dir.join(SEED_FILE), 0o600)?;
     node.start().map_err(|e| node_err("starting node", e))?;
@@ -332,7 +355,10 @@ impl PaymentRail for LdkRail {
         Box::pin(async move {
             let to = public_key(&req.to)?;
             let fee_cap = req.max_fee_msat.min(self.max_routing_fee_msat);
-            let tlv = CustomTlvRecord { type_num: TOKEN_TLV_TYPE, value: req.token.0.to_vec() };
+            let tlv = CustomTlvRecord {
+                type_num: TOKEN_TLV_TYPE,
+                value: req.token.0.to_vec(),
+            };
             let node = &self.node;
             self.track(
                 || {
@@ -351,7 +377,12 @@ impl PaymentRail for LdkRail {
 
     fn next_received(&self) -> RailFuture<'_, Received> {
         Box::pin(async move {
-            self.received_rx.lock().await.recv().await.ok_or(PayError::RailStopped)
+            self.received_rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or(PayError::RailStopped)
         })
     }
 
@@ -360,7 +391,9 @@ impl PaymentRail for LdkRail {
     }
 
     fn forget(&self, id: PaymentId) -> Result<(), PayError> {
-        self.node.remove_payment(&LdkPaymentId(id.0)).map_err(|e| node_err("forget", e))
+        self.node
+            .remove_payment(&LdkPaymentId(id.0))
+            .map_err(|e| node_err("forget", e))
     }
 
     fn balances(&self) -> Result<Balances, PayError> {
@@ -384,11 +417,20 @@ mod tests {
 
     #[test]
     fn token_parsed_only_with_exact_length() {
-        let ok = CustomTlvRecord { type_num: TOKEN_TLV_TYPE, value: vec![7; 16] };
+        let ok = CustomTlvRecord {
+            type_num: TOKEN_TLV_TYPE,
+            value: vec![7; 16],
+        };
         assert_eq!(token_of(&[ok]), Some(PaymentToken([7; 16])));
-        let short = CustomTlvRecord { type_num: TOKEN_TLV_TYPE, value: vec![7; 15] };
+        let short = CustomTlvRecord {
+            type_num: TOKEN_TLV_TYPE,
+            value: vec![7; 15],
+        };
         assert_eq!(token_of(&[short]), None);
-        let other = CustomTlvRecord { type_num: TOKEN_TLV_TYPE + 2, value: vec![7; 16] };
+        let other = CustomTlvRecord {
+            type_num: TOKEN_TLV_TYPE + 2,
+            value: vec![7; 16],
+        };
         assert_eq!(token_of(&[other]), None);
         assert_eq!(token_of(&[]), None);
     }
@@ -400,6 +442,9 @@ mod tests {
 
     #[test]
     fn bad_node_id_is_typed_error() {
-        assert!(matches!(public_key(&NodeId([0; 33])), Err(PayError::Invalid { .. })));
+        assert!(matches!(
+            public_key(&NodeId([0; 33])),
+            Err(PayError::Invalid { .. })
+        ));
     }
 }

@@ -33,7 +33,11 @@ pub struct ChannelInfo {
 impl LdkRail {
     /// A new on-chain receive address (P2WPKH), as text.
     pub fn new_address(&self) -> Result<String, PayError> {
-        let a = self.node.onchain_payment().new_address().map_err(|e| node_err("new address", e))?;
+        let a = self
+            .node
+            .onchain_payment()
+            .new_address()
+            .map_err(|e| node_err("new address", e))?;
         Ok(a.to_string())
     }
 
@@ -101,25 +105,34 @@ impl LdkRail {
         description: &str,
         expiry_secs: u32,
     ) -> Result<String, PayError> {
-        let d = Description::new(description.to_owned())
-            .map_err(|e| PayError::Invalid { what: "invoice description", detail: e.to_string() })?;
+        let d = Description::new(description.to_owned()).map_err(|e| PayError::Invalid {
+            what: "invoice description",
+            detail: e.to_string(),
+        })?;
         let inv = self
             .node
             .bolt11_payment()
-            .receive(amount_msat, &Bolt11InvoiceDescription::Direct(d), expiry_secs)
+            .receive(
+                amount_msat,
+                &Bolt11InvoiceDescription::Direct(d),
+                expiry_secs,
+            )
             .map_err(|e| node_err("create invoice", e))?;
         Ok(inv.to_string())
     }
 
     /// Pays a BOLT11 invoice (with the node's routing-fee cap) and resolves with the outcome.
     pub async fn pay_invoice(&self, invoice: &str) -> Result<Sent, PayError> {
-        let inv: Bolt11Invoice = invoice
-            .trim()
-            .parse()
-            .map_err(|e| PayError::Invalid { what: "invoice", detail: format!("{e}") })?;
+        let inv: Bolt11Invoice = invoice.trim().parse().map_err(|e| PayError::Invalid {
+            what: "invoice",
+            detail: format!("{e}"),
+        })?;
         let node = &self.node;
         let fee = self.max_routing_fee_msat;
-        self.track(|| node.bolt11_payment().send(&inv, Some(route_params(fee))), "pay invoice")
-            .await
+        self.track(
+            || node.bolt11_payment().send(&inv, Some(route_params(fee))),
+            "pay invoice",
+        )
+        .await
     }
 }
