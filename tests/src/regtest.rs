@@ -458,6 +458,7 @@ pub fn regtest_config(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

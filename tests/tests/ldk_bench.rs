@@ -6,6 +6,13 @@
 //!
 //! Keysend latency over one direct channel, against a loopback TCP round trip measured in
 //! the same run; and the LDK store's growth per payment with and without `forget`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    missing_docs
+)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -6,6 +6,7 @@
 //! recording redelivers the payment instead of losing it. While it waits for that
 //! acknowledgement, later events wait too; the receiver is expected to record promptly.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ldk_node::bitcoin::secp256k1::PublicKey;
@@ -48,6 +49,9 @@ fn nid(pk: &PublicKey) -> NodeId {
     NodeId(pk.serialize())
 }
 
+/// Received payment ids acknowledged in this run, remembered to drop duplicates.
+const ACKED_MEMORY: usize = 1024;
+
 /// What the pump does after handling one event.
 enum Next {
     /// Confirm the event to the node and go on.
@@ -64,12 +68,21 @@ pub(super) async fn pump(
     mut ack_rx: mpsc::UnboundedReceiver<PaymentId>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut acked: VecDeque<PaymentId> = VecDeque::with_capacity(ACKED_MEMORY);
     loop {
         let event = tokio::select! {
             _ = stop.changed() => return,
             e = node.next_event_async() => e,
         };
-        let next = handle(&event, &shared, &received_tx, &mut ack_rx, &mut stop).await;
+        let next = handle(
+            &event,
+            &shared,
+            &received_tx,
+            &mut ack_rx,
+            &mut stop,
+            &mut acked,
+        )
+        .await;
         if let Next::Stop = next {
             return;
         }
@@ -97,6 +110,7 @@ async fn handle(
     received_tx: &mpsc::UnboundedSender<Received>,
     ack_rx: &mut mpsc::UnboundedReceiver<PaymentId>,
     stop: &mut watch::Receiver<bool>,
+    acked: &mut VecDeque<PaymentId>,
 ) -> Next {
     match event {
         Event::PaymentSuccessful {
@@ -133,6 +147,12 @@ async fn handle(
             custom_records,
         } => {
             let id = PaymentId(payment_id.map(|p| p.0).unwrap_or(payment_hash.0));
+            // ldk-node can report one claim twice (its persisted event and a replay by the
+            // channel manager after a restart); one acknowledged in this run is confirmed
+            // without asking the user again (the ledger is idempotent on the id anyway).
+            if acked.contains(&id) {
+                return Next::Handled;
+            }
             let r = Received {
                 id,
                 amount_msat: *amount_msat,
@@ -153,7 +173,13 @@ async fn handle(
                 tokio::select! {
                     biased;
                     a = ack_rx.recv() => match a {
-                        Some(a) if a == id => break,
+                        Some(a) if a == id => {
+                            if acked.len() == ACKED_MEMORY {
+                                acked.pop_front();
+                            }
+                            acked.push_back(id);
+                            break;
+                        }
                         Some(_) => continue,
                         None => return Next::Stop,
                     },
