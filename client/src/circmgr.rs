@@ -180,7 +180,7 @@ fn exit_allows(exit: &Descriptor, t: &Target) -> bool {
 }
 
 /// The circuit handshake's view of a hop, from its verified descriptor.
-fn hop_target(d: &Descriptor, now: u64) -> Option<HopTarget> {
+pub fn hop_target(d: &Descriptor, now: u64) -> Option<HopTarget> {
     let b = d.body();
     let onion = d.onion_key_at(now)?;
     Some(HopTarget {

@@ -15,6 +15,10 @@ use crate::config::{
     default_config_path, valid_bootstrap, valid_network_name, ClientConfig, ConfigError, Layer,
     NetworkChoice,
 };
+use crate::tun::fakeip::Ipv4Net;
+use crate::tun::settings::{
+    parse_fake_range, parse_mtu, valid_ifname, IfAddr, TunIsolation, TunLayer,
+};
 
 /// Command-line options of `onionvpn-client`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
@@ -75,6 +79,44 @@ pub struct Cli {
     /// Print the merged configuration as TOML and exit
     #[arg(long)]
     pub print_config: bool,
+
+    /// TUN mode: also serve a TUN interface (needs CAP_NET_ADMIN); see docs/client.md
+    #[arg(long, help_heading = "TUN mode")]
+    pub tun: bool,
+
+    /// TUN interface name [default: ovpn0]
+    #[arg(long, value_name = "NAME", value_parser = parse_ifname, help_heading = "TUN mode")]
+    pub tun_name: Option<String>,
+
+    /// TUN interface address with prefix [default: 10.190.0.1/24]
+    #[arg(long, value_name = "ADDR/LEN", help_heading = "TUN mode")]
+    pub tun_address: Option<IfAddr>,
+
+    /// TUN MTU, 576 to 65535 [default: 1500]
+    #[arg(long, value_name = "BYTES", value_parser = parse_mtu, help_heading = "TUN mode")]
+    pub tun_mtu: Option<u16>,
+
+    /// Route pointed at the TUN; repeat for several; replaces the list [default: the fake range]
+    #[arg(long, value_name = "NET/LEN", help_heading = "TUN mode")]
+    pub tun_route: Vec<Ipv4Net>,
+
+    /// Range of fake addresses given in DNS answers [default: 10.192.0.0/10]
+    #[arg(long, value_name = "NET/LEN", value_parser = parse_fake_range, help_heading = "TUN mode")]
+    pub tun_fake_range: Option<Ipv4Net>,
+
+    /// Which TUN streams may share a circuit: none (all) or destination [default: none]
+    #[arg(long, value_name = "MODE", help_heading = "TUN mode")]
+    pub tun_isolation: Option<TunIsolation>,
+}
+
+fn parse_ifname(s: &str) -> Result<String, String> {
+    if valid_ifname(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not an interface name (1 to 15 letters, digits, '-', '_' or '.')"
+        ))
+    }
 }
 
 fn parse_bootstrap(s: &str) -> Result<String, String> {
@@ -115,6 +157,16 @@ impl Cli {
             budget: self.budget,
             // A flag can only switch it on; absent, the file decides.
             log_sensitive: self.log_sensitive.then_some(true),
+            tun: TunLayer {
+                // A flag can only switch it on; absent, the file decides.
+                enabled: self.tun.then_some(true),
+                name: self.tun_name.clone(),
+                address: self.tun_address,
+                mtu: self.tun_mtu,
+                routes: (!self.tun_route.is_empty()).then(|| self.tun_route.clone()),
+                fake_range: self.tun_fake_range,
+                isolation: self.tun_isolation,
+            },
         }
     }
 
@@ -336,6 +388,10 @@ mod tests {
             .lines()
             .filter_map(|l| {
                 let rest = l.strip_prefix("# ")?;
+                // Table headers (`# [tun]`) too, so the table's keys land in it.
+                if rest.starts_with('[') && rest.ends_with(']') {
+                    return Some(format!("{rest}\n"));
+                }
                 let (key, _) = rest.split_once(" = ")?;
                 key.bytes()
                     .all(|b| b.is_ascii_lowercase() || b == b'_')
@@ -355,8 +411,10 @@ mod tests {
         let default = ClientConfig::resolve(&Layer::default(), None, &home_env).unwrap();
         let table = default.to_toml_table();
         let mut serialised: BTreeSet<&str> = table.keys().map(String::as_str).collect();
-        // Only a private network serialises `network_key`; it has no default.
+        // Only a private network serialises `network_key`; it has no default. The `[tun]`
+        // table is serialised only when TUN mode is on (checked below).
         serialised.insert("network_key");
+        serialised.insert("tun");
         assert_eq!(serialised, known, "KEYS and ClientConfig out of sync");
 
         for (k, v) in &table {
@@ -372,6 +430,69 @@ mod tests {
         let layer = file(&valid.to_string()).unwrap();
         let c = ClientConfig::resolve(&Layer::default(), Some(&layer), &home_env).unwrap();
         assert_eq!(c, default);
+        // The `[tun]` table: every key, with the defaults TUN mode gets when switched on.
+        let tun_example = example.get("tun").and_then(|t| t.as_table()).unwrap();
+        let tun_keys: BTreeSet<String> = tun_example.keys().map(|k| format!("tun.{k}")).collect();
+        let tun_known: BTreeSet<String> = crate::tun::settings::TUN_KEYS
+            .iter()
+            .map(|(k, _)| (*k).to_owned())
+            .collect();
+        assert_eq!(tun_keys, tun_known);
+        let on = parse(&["--tun"]).unwrap();
+        let c = ClientConfig::resolve(&on.layer(), Some(&layer), &home_env).unwrap();
+        let mut tun_default = c.tun.unwrap().to_toml_table();
+        tun_default.insert("enabled".into(), toml::Value::Boolean(false));
+        assert_eq!(tun_example, &tun_default, "TUN defaults in the example");
+    }
+
+    #[test]
+    fn tun_flags() {
+        let cli = parse(&[
+            "--tun",
+            "--tun-name",
+            "vpn1",
+            "--tun-address",
+            "10.9.0.1/16",
+            "--tun-mtu",
+            "9000",
+            "--tun-route",
+            "0.0.0.0/0",
+            "--tun-route",
+            "10.0.0.0/8",
+            "--tun-fake-range",
+            "10.128.0.0/12",
+            "--tun-isolation",
+            "destination",
+        ])
+        .unwrap();
+        let c = ClientConfig::resolve(&cli.layer(), None, &home_env).unwrap();
+        let t = c.tun.clone().unwrap();
+        assert_eq!(t.name, "vpn1");
+        assert_eq!(t.address.to_string(), "10.9.0.1/16");
+        assert_eq!(t.mtu, 9000);
+        assert_eq!(t.routes.len(), 2);
+        assert_eq!(t.fake.range.to_string(), "10.128.0.0/12");
+        assert_eq!(t.isolation, crate::tun::TunIsolation::Destination);
+        // --print-config output parses back to the same settings.
+        let back = file(&c.to_toml_string()).unwrap();
+        let again = ClientConfig::resolve(&Layer::default(), Some(&back), &home_env).unwrap();
+        assert_eq!(again.tun, c.tun);
+        // Without --tun the other flags do not switch TUN mode on.
+        let off = parse(&["--tun-mtu", "9000"]).unwrap();
+        assert!(ClientConfig::resolve(&off.layer(), None, &home_env)
+            .unwrap()
+            .tun
+            .is_none());
+        for bad in [
+            &["--tun-name", "way-too-long-ifname"][..],
+            &["--tun-mtu", "100"],
+            &["--tun-address", "10.0.0.1"],
+            &["--tun-route", "1.2.3.4/40"],
+            &["--tun-isolation", "app"],
+            &["--tun-fake-range", "10.0.0.0/31"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ use onionvpn_proto::consts::MAX_HOPS;
 use onionvpn_proto::relaymsg::Hostname;
 use thiserror::Error;
 
+use crate::tun::settings::{TunLayer, TunSettings};
+
 /// Default circuit length.
 pub const DEFAULT_HOPS: u8 = 3;
 /// Default SOCKS5 listen address: loopback only, Tor's port.
@@ -62,6 +64,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("budget", "a non-negative integer (millisatoshi)"),
     ("log_sensitive", "true or false"),
+    (
+        "tun",
+        "a table of TUN-mode settings: enabled, name, address, mtu, routes, fake_range, isolation",
+    ),
 ];
 
 fn allowed(key: &str) -> &'static str {
@@ -177,6 +183,8 @@ pub struct Layer {
     pub budget: Option<u64>,
     /// Log addresses and destinations unredacted.
     pub log_sensitive: Option<bool>,
+    /// TUN-mode settings (the `[tun]` table, `--tun*` flags).
+    pub tun: TunLayer,
 }
 
 impl Layer {
@@ -268,6 +276,7 @@ impl Layer {
                     layer.log_sensitive =
                         Some(v.as_bool().ok_or_else(|| invalid("log_sensitive", v))?)
                 }
+                "tun" => layer.tun = TunLayer::from_toml(v, &origin)?,
                 other => {
                     return Err(ConfigError::UnknownKey {
                         origin,
@@ -362,6 +371,8 @@ pub struct ClientConfig {
     pub budget_msat: u64,
     /// Log addresses and destinations unredacted (default false).
     pub log_sensitive: bool,
+    /// TUN mode, when enabled (`None`: SOCKS only).
+    pub tun: Option<TunSettings>,
 }
 
 /// The public mainline DHT bootstrap nodes.
@@ -431,6 +442,7 @@ impl ClientConfig {
             },
             budget_msat: pick!(budget).unwrap_or(DEFAULT_BUDGET),
             log_sensitive: pick!(log_sensitive).unwrap_or(false),
+            tun: cli.tun.resolve(&file.tun),
         })
     }
 
@@ -446,6 +458,7 @@ impl ClientConfig {
             price_cap,
             budget_msat,
             log_sensitive,
+            tun,
         } = self;
         let mut t = toml::Table::new();
         let int = |n: u64| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
@@ -465,6 +478,9 @@ impl ClientConfig {
         t.insert("max_price_min".into(), int(price_cap.msat_per_min));
         t.insert("budget".into(), int(*budget_msat));
         t.insert("log_sensitive".into(), toml::Value::Boolean(*log_sensitive));
+        if let Some(tun) = tun {
+            t.insert("tun".into(), toml::Value::Table(tun.to_toml_table()));
+        }
         t
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod runtime;
 pub mod socks;
 pub mod socks_server;
+pub mod tun;
 
 pub use circmgr::{CircMgr, CircMgrError, CircuitSummary, MgrConfig};
 pub use circuit_task::{CircuitHandle, Recv, Stream, StreamError};

@@ -52,6 +52,14 @@ fn main() -> ExitCode {
             client.socks_addr(),
             client.socks_addr()
         );
+        if let Some(tun) = client.tun() {
+            eprintln!(
+                "onionvpn-client: TUN interface {} up; point DNS at an address of its network \
+                 other than its own (e.g. {})",
+                tun.name(),
+                onionvpn_client::tun::settings::DEFAULT_TUN_DNS
+            );
+        }
         if let Err(e) = tokio::signal::ctrl_c().await {
             eprintln!("onionvpn-client: cannot wait for Ctrl-C: {e}");
         }

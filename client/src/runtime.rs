@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::circmgr::{CircMgr, MgrConfig};
 use crate::config::{ClientConfig, NetworkChoice};
 use crate::socks_server::{serve, SocksSettings};
+use crate::tun::{TunError, TunHandle};
 
 /// Errors starting or waiting for the client.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,9 @@ pub enum ClientError {
     /// No circuit was built in time.
     #[error("no circuit built within {0:?} ({1} relays known)")]
     NotReady(Duration, usize),
+    /// TUN mode did not start.
+    #[error("TUN mode: {0}")]
+    Tun(#[from] TunError),
 }
 
 /// Runtime settings that are not part of the config file (tests, the local network and the
@@ -104,6 +108,7 @@ pub struct ClientHandle {
     socks_addr: SocketAddr,
     mgr: Arc<CircMgr>,
     tasks: Vec<JoinHandle<()>>,
+    tun: Option<TunHandle>,
 }
 
 impl std::fmt::Debug for ClientHandle {
@@ -118,6 +123,11 @@ impl ClientHandle {
     /// The SOCKS5 listener actually bound (port 0 in the config picks a free one).
     pub fn socks_addr(&self) -> SocketAddr {
         self.socks_addr
+    }
+
+    /// The TUN front end, when TUN mode is on.
+    pub fn tun(&self) -> Option<&TunHandle> {
+        self.tun.as_ref()
     }
 
     /// The circuit manager (circuit snapshots, build timeout, direct circuit builds).
@@ -135,6 +145,9 @@ impl ClientHandle {
     /// Stops the listener, discovery and maintenance, closes every circuit, and flushes and
     /// releases the relay cache (a new client may open the same data directory at once).
     pub async fn shutdown(self) {
+        if let Some(tun) = self.tun {
+            tun.shutdown().await;
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -249,10 +262,24 @@ pub async fn start_client_with(
         opts.socks.clone(),
     )));
     info!("SOCKS5 listening on {socks_addr}");
+    let tun = match &config.tun {
+        Some(settings) => match crate::tun::start(mgr.clone(), settings.clone()).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                for t in &tasks {
+                    t.abort();
+                }
+                mgr.close();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     Ok(ClientHandle {
         socks_addr,
         mgr,
         tasks,
+        tun,
     })
 }
 

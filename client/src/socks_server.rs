@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use onionvpn_proto::relaymsg::EndReason;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -173,7 +173,8 @@ async fn handle(mut sock: TcpStream, mgr: Arc<CircMgr>, settings: Arc<SocksSetti
 }
 
 /// How one direction of a relayed stream ended.
-enum Half {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
     /// Finished normally (EOF passed on as FIN, or FIN passed on as shutdown).
     Done,
     /// The application's socket failed.
@@ -184,7 +185,8 @@ enum Half {
 
 /// Copies bytes both ways until both directions finished, or either failed.
 pub async fn relay(mut sock: TcpStream, stream: Stream, chunk: usize) {
-    let outcome = copy_both_ways(&mut sock, &stream, chunk).await;
+    let (rd, wr) = sock.split();
+    let outcome = copy_both_ways(rd, wr, &stream, chunk).await;
     match outcome {
         Half::Done => {}
         Half::AppError => {
@@ -198,8 +200,15 @@ pub async fn relay(mut sock: TcpStream, stream: Stream, chunk: usize) {
     }
 }
 
-async fn copy_both_ways(sock: &mut TcpStream, stream: &Stream, chunk: usize) -> Half {
-    let (mut rd, mut wr) = sock.split();
+/// Copies bytes between an application byte stream (its read and write halves) and a
+/// circuit stream, both ways with half-close, until both directions finished
+/// ([`Half::Done`]) or either failed. Shared by the SOCKS and TUN front ends; the caller
+/// decides how to abort the application side.
+pub async fn copy_both_ways<R, W>(mut rd: R, mut wr: W, stream: &Stream, chunk: usize) -> Half
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let up = async {
         loop {
             // Read into spare capacity: no zeroing of a fresh buffer per read.

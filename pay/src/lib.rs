@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod memory;
 pub mod payer;
 pub mod rail;
+pub mod sim;
 
 pub use error::PayError;
 pub use rail::{

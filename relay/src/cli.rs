@@ -1,5 +1,5 @@
-//! Command line: `onionvpn-relay [--config FILE] [--data-dir DIR] [run]` and
-//! `onionvpn-relay init [--data-dir DIR]`.
+//! Command line: `onionvpn-relay [--config FILE] [--data-dir DIR] [run]`,
+//! `onionvpn-relay init [--data-dir DIR]`, `onionvpn-relay check` and `onionvpn-relay status`.
 //!
 //! This module resolves paths, loads the configuration and the keys; the binary's `main`
 //! parses [`Cli`], calls [`init`] or [`prepare_run`], and hands a [`RunSetup`] to the runtime.
@@ -53,6 +53,12 @@ pub enum Command {
     Init,
     /// Run the relay (the default).
     Run,
+    /// Check what clients need, from outside the relay: the advertised addresses accept a
+    /// link, the descriptor is in the DHT and verifies, the relay is announced, the exit
+    /// policy; exits 1 if a check fails.
+    Check,
+    /// Show the running relay's uptime, circuits, traffic, prices, earnings and last errors.
+    Status,
 }
 
 impl Cli {
@@ -122,6 +128,15 @@ pub enum CliError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// `check` found no keys.
+    #[error("no relay keys under {}: run `onionvpn-relay init` first", dir.display())]
+    NoKeys {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// `status` could not ask the relay.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// `init` could not write the config file.
     #[error("{}: cannot write config: {source}", path.display())]
     WriteConfig {
@@ -299,6 +314,77 @@ pub fn prepare_run(cli: &Cli, env: &Env, now: u64) -> Result<RunSetup, CliError>
     })
 }
 
+/// What `check` runs with: the validated config, its data directory and the relay's public
+/// keys (read without writing anything, so `check` may run beside the relay).
+#[derive(Debug)]
+pub struct CheckSetup {
+    /// The configuration.
+    pub config: Config,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// What the checks compare against.
+    pub target: crate::check::CheckTarget,
+}
+
+/// `onionvpn-relay check`: loads the config and the public keys and builds the check target.
+/// A config whose `listen` port is 0 and that has no `advertised_addresses` cannot be
+/// checked from outside (the port is only known to the running relay).
+pub fn prepare_check(cli: &Cli, env: &Env) -> Result<CheckSetup, CliError> {
+    let config_path = match &cli.config {
+        Some(p) => p.clone(),
+        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
+    };
+    if !config_path.exists() {
+        return Err(CliError::NoConfig { path: config_path });
+    }
+    let config = Config::load(&config_path)?;
+    let addresses = config.advertised()?;
+    let exit_policy = config.exit_policy()?;
+    let network = config.network()?;
+    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
+    let (identity, link_key) =
+        crate::keys::read_public_keys(&data_dir)?.ok_or_else(|| CliError::NoKeys {
+            dir: data_dir.clone(),
+        })?;
+    let target = crate::check::CheckTarget {
+        identity: identity.0,
+        link_key,
+        network,
+        addresses,
+        exit_enabled: config.exit.enabled,
+        exit_policy,
+        lightning: None,
+    };
+    Ok(CheckSetup {
+        config,
+        data_dir,
+        target,
+    })
+}
+
+/// `onionvpn-relay status`: the control socket of the relay using this data directory.
+pub fn control_socket(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
+    let config = match &cli.config {
+        Some(p) => Some(Config::load(p)?),
+        None => None,
+    };
+    let data_dir = match (config.as_ref(), &cli.data_dir) {
+        (Some(_), _) | (None, Some(_)) => resolve_data_dir(cli, config.as_ref(), env)?,
+        (None, None) => {
+            // The default config may name another data directory.
+            let d = resolve_data_dir(cli, None, env)?;
+            let p = d.join(CONFIG_FILE_NAME);
+            let c = if p.exists() {
+                Some(Config::load(&p)?)
+            } else {
+                None
+            };
+            resolve_data_dir(cli, c.as_ref(), env)?
+        }
+    };
+    Ok(crate::control::socket_path(&data_dir))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -322,7 +408,11 @@ mod tests {
         assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
         let c = Cli::try_parse_from(["onionvpn-relay", "--data-dir", "/d", "init"]).unwrap();
         assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
-        assert!(Cli::try_parse_from(["onionvpn-relay", "status"]).is_err());
+        let c = Cli::try_parse_from(["onionvpn-relay", "status"]).unwrap();
+        assert_eq!(c.action(), Command::Status);
+        let c = Cli::try_parse_from(["onionvpn-relay", "--config", "r.toml", "check"]).unwrap();
+        assert_eq!(c.action(), Command::Check);
+        assert!(Cli::try_parse_from(["onionvpn-relay", "statuss"]).is_err());
         assert!(Cli::try_parse_from(["onionvpn-relay", "--bogus"]).is_err());
     }
 

@@ -128,6 +128,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Logging.
     pub logging: LoggingConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -144,6 +146,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             keys: KeysConfig::default(),
             logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -456,6 +459,28 @@ impl Default for LoggingConfig {
     }
 }
 
+/// `[metrics]`: the opt-in Prometheus endpoint (see [`crate::metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` over HTTP.
+    pub enabled: bool,
+    /// Where; a loopback address (the endpoint has no authentication). Port 0 picks one.
+    pub listen: SocketAddr,
+}
+
+/// Default port of the metrics endpoint.
+pub const DEFAULT_METRICS_PORT: u16 = 9477;
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+        }
+    }
+}
+
 /// Dotted paths of every key of the configuration (from the serialised default), e.g.
 /// `listen`, `exit.policy.rules`.
 pub fn known_keys() -> BTreeSet<String> {
@@ -651,6 +676,14 @@ impl Config {
             1,
             90,
         )?;
+        if !self.metrics.listen.ip().is_loopback() {
+            return Err(invalid(
+                "metrics.listen",
+                self.metrics.listen,
+                "a loopback address such as \"127.0.0.1:9477\" or \"[::1]:9477\" (the endpoint \
+                 has no authentication; scrape it through an SSH tunnel or a local agent)",
+            ));
+        }
         Ok(())
     }
 

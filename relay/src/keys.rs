@@ -538,6 +538,24 @@ struct KeyFile {
     created: u64,
 }
 
+/// The relay's public identity and link keys, read from `data_dir/keys` without creating,
+/// rotating or writing anything (for `onionvpn-relay check`, which may run beside the
+/// relay). `None` when either key file is absent (run `init`).
+pub fn read_public_keys(data_dir: &Path) -> Result<Option<(IdentityKey, [u8; 32])>, KeyError> {
+    let dir = data_dir.join(KEYS_DIR);
+    let Some(id) = read_key(&dir, IDENTITY_FILE, KeyKind::Identity)? else {
+        return Ok(None);
+    };
+    let Some(link) = read_key(&dir, LINK_FILE, KeyKind::Link)? else {
+        return Ok(None);
+    };
+    let identity = IdentityKey::from_signing_key(&SigningKey::from_bytes(&id.secret));
+    Ok(Some((
+        identity,
+        LinkSecretKey::from_bytes(*link.secret).public(),
+    )))
+}
+
 /// Creates `dir` (mode 0700, parents too) if absent; refuses it if `forbidden` mode bits are set.
 fn ensure_dir(dir: &Path, forbidden: u32) -> Result<(), KeyError> {
     match fs::symlink_metadata(dir) {

@@ -7,10 +7,15 @@ pub mod limits;
 pub mod redact;
 
 pub mod chanmgr;
+pub mod check;
 mod circuit_task;
+pub mod control;
 pub mod exit;
+pub mod metrics;
+pub mod notify;
 pub mod publish;
 pub mod runtime;
+pub mod status;
 
 pub use config::Config as RelayConfig;
 pub use runtime::{

@@ -172,11 +172,7 @@ fn build_dht(bootstrap: &[String], bind: Option<Ipv4Addr>) -> std::io::Result<Dh
         filter: Box::new(RelayRequestFilter::new(FilterConfig::default())),
         ..ServerSettings::default()
     });
-    let local = !bootstrap.is_empty()
-        && bootstrap.iter().all(|s| {
-            s.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
-                || s.starts_with("localhost:")
-        });
+    let local = crate::check::local_bootstrap(bootstrap);
     match bind {
         Some(ip) => {
             b.bind_address(ip);
@@ -209,10 +205,17 @@ pub(crate) async fn publish_loop(
         Ok(Ok(d)) => d.as_async(),
         Ok(Err(e)) => {
             warn!("DHT node failed to start, descriptor not published: {e}");
+            shared.record_error(&format!(
+                "DHT node failed to start, descriptor not published: {}",
+                e.kind()
+            ));
+            shared.first_publication.send_replace(true);
             return;
         }
         Err(e) => {
             warn!("DHT start-up task failed: {e}");
+            shared.record_error("DHT start-up task failed, descriptor not published");
+            shared.first_publication.send_replace(true);
             return;
         }
     };
@@ -248,7 +251,10 @@ pub(crate) async fn publish_loop(
                 rebuild = true;
             }
             Ok(_) => {}
-            Err(e) => warn!("onion key rotation failed: {e}"),
+            Err(e) => {
+                warn!("onion key rotation failed: {e}");
+                shared.record_error(&format!("onion key rotation failed: {e}"));
+            }
         }
         let current = publication.current();
         if now >= current.body().published + DEFAULT_LIFETIME_SECS / 2 {
@@ -261,7 +267,10 @@ pub(crate) async fn publish_loop(
                     publication.replace(d).await;
                     sched.last_put = None;
                 }
-                Err(e) => warn!("descriptor re-signing failed: {e}"),
+                Err(e) => {
+                    warn!("descriptor re-signing failed: {e}");
+                    shared.record_error(&format!("descriptor re-signing failed: {e}"));
+                }
             }
         }
         let (put_due, announce_due) = sched.due(now);
@@ -273,9 +282,14 @@ pub(crate) async fn publish_loop(
                     debug!("descriptor stored at {n} DHT nodes");
                     sched.last_put = Some(now);
                     shared.stats.descriptor_puts.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .last_publication_unix
+                        .store(now, Ordering::Relaxed);
                 }
                 Err(e) => {
                     debug!("descriptor put failed: {e}");
+                    shared.record_error("descriptor put into the DHT failed (will retry)");
                     failed = true;
                 }
             }
@@ -285,10 +299,12 @@ pub(crate) async fn publish_loop(
                 Ok(()) => sched.last_announce = Some(now),
                 Err(e) => {
                     debug!("announce failed: {e}");
+                    shared.record_error("announce in the DHT failed (will retry)");
                     failed = true;
                 }
             }
         }
+        shared.first_publication.send_replace(true);
         let wait = if failed {
             let w = backoff;
             backoff = (backoff * 2).min(TICK);

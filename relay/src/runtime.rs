@@ -17,7 +17,7 @@ use onionvpn_directory::dht::{Served, DESCRIPTOR_REQUEST};
 use onionvpn_directory::Descriptor;
 use onionvpn_proto::cell::{Cell, ChanCmd, Create, DestroyReason};
 use onionvpn_proto::circuit::{CircError, RelayCircuit, RelayKeys, RelayPolicy};
-use onionvpn_proto::consts::CELL_BODY_LEN;
+use onionvpn_proto::consts::{CELL_BODY_LEN, CELL_LEN};
 use onionvpn_proto::crypto::handshake::{OnionSecretKey, ReplayCache, KEY_LEN};
 use onionvpn_proto::link::LinkSecretKey;
 use tokio::io::AsyncWriteExt;
@@ -31,8 +31,10 @@ use crate::config::{Config, ConfigError};
 use crate::exit::ExitSettings;
 use crate::keys::{KeyError, KeyStore};
 use crate::limits::{CircuitCap, CircuitCreationLimiter, ConnectionLimiter, MemQuota};
+use crate::metrics::MetricsInfo;
 use crate::publish::{self, Publication};
 use crate::redact::sensitive_addr;
+use crate::status::{LastErrors, StatusReport};
 
 /// Errors starting a relay.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,8 @@ pub struct RuntimeOptions {
     pub shutdown_grace: Duration,
     /// The PEX batch served with the descriptor: background discovery on the relay's DHT node.
     pub pex: publish::PexOptions,
+    /// Serve the control socket (`<data dir>/control.sock`) that `onionvpn-relay status` reads.
+    pub control_socket: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -99,6 +103,7 @@ impl Default for RuntimeOptions {
             create_queue: 1024,
             shutdown_grace: Duration::from_secs(2),
             pex: publish::PexOptions::default(),
+            control_socket: true,
         }
     }
 }
@@ -118,6 +123,11 @@ pub(crate) struct StatsInner {
     pub(crate) exit_bytes_read: AtomicU64,
     pub(crate) exit_bytes_written: AtomicU64,
     pub(crate) descriptor_puts: AtomicU64,
+    pub(crate) refused_rate: AtomicU64,
+    pub(crate) refused_cap: AtomicU64,
+    pub(crate) refused_handshake: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) last_publication_unix: AtomicU64,
 }
 
 /// A snapshot of a relay's counters.
@@ -147,6 +157,16 @@ pub struct RelayStats {
     pub exit_bytes_written: u64,
     /// Successful descriptor puts into the DHT.
     pub descriptor_puts: u64,
+    /// CREATEs refused by the per-address creation rate limit.
+    pub refused_rate: u64,
+    /// CREATEs refused because `limits.max_circuits` circuits were open.
+    pub refused_cap: u64,
+    /// CREATEs refused by the circuit handshake (bad, replayed or for an unknown key).
+    pub refused_handshake: u64,
+    /// Link connections refused by the per-address connection limit.
+    pub connections_refused: u64,
+    /// Unix time of the last successful descriptor put (0: none yet).
+    pub last_publication_unix: u64,
 }
 
 impl StatsInner {
@@ -165,6 +185,11 @@ impl StatsInner {
             exit_bytes_read: g(&self.exit_bytes_read),
             exit_bytes_written: g(&self.exit_bytes_written),
             descriptor_puts: g(&self.descriptor_puts),
+            refused_rate: g(&self.refused_rate),
+            refused_cap: g(&self.refused_cap),
+            refused_handshake: g(&self.refused_handshake),
+            connections_refused: g(&self.connections_refused),
+            last_publication_unix: g(&self.last_publication_unix),
         }
     }
 }
@@ -200,6 +225,15 @@ pub(crate) struct Shared {
     shutdown: watch::Receiver<bool>,
     /// Signalled each time a circuit closes (shutdown waits on it).
     closed: Notify,
+    /// The last errors, for `status`.
+    errors: Mutex<LastErrors>,
+    /// When the relay started.
+    started: Instant,
+    /// When the relay started, unix seconds.
+    started_unix: u64,
+    /// Turns true once the first descriptor publication was attempted (or publishing is off
+    /// or impossible).
+    pub(crate) first_publication: watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -248,6 +282,57 @@ impl Shared {
         }
     }
 
+    /// Remembers an error for `status` (`message` must hold no client or destination address).
+    pub(crate) fn record_error(&self, message: &str) {
+        lock(&self.errors).record(crate::cli::unix_now(), message);
+    }
+
+    /// The status report of this relay now.
+    fn status(&self) -> StatusReport {
+        let s = self.stats.snapshot();
+        let errors = lock(&self.errors).clone();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            identity: onionvpn_directory::IdentityKey(self.identity).to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            exit: self.exit.is_some(),
+            circuits_open: s.circuits_open,
+            circuits_relayed: s.circuits_total,
+            circuits_refused: s.circuits_refused,
+            links_accepted: s.links_accepted,
+            streams: s.streams_total,
+            cells_forward: s.cells_forward,
+            cells_backward: s.cells_backward,
+            bytes_relayed: s
+                .cells_forward
+                .saturating_add(s.cells_backward)
+                .saturating_mul(CELL_LEN as u64),
+            exit_bytes_read: s.exit_bytes_read,
+            exit_bytes_written: s.exit_bytes_written,
+            msat_per_mib: self.policy.msat_per_mib,
+            msat_per_min: self.policy.msat_per_min,
+            dht_publications: s.descriptor_puts,
+            dht_last_publication: s.last_publication_unix,
+            earnings: None,
+            errors_total: errors.total(),
+            last_errors: errors.entries(),
+        }
+    }
+
+    /// The metrics exposition now.
+    fn metrics(&self) -> String {
+        let info = MetricsInfo {
+            now_unix: crate::cli::unix_now(),
+            started_unix: self.started_unix,
+            msat_per_mib: self.policy.msat_per_mib,
+            msat_per_min: self.policy.msat_per_min,
+            exit: self.exit.is_some(),
+            earnings: None,
+            ledger_entries: None,
+        };
+        crate::metrics::render(&self.stats.snapshot(), &info)
+    }
+
     fn onion_keys(&self) -> Arc<Vec<OnionSecretKey>> {
         self.onion
             .read()
@@ -264,6 +349,8 @@ pub struct RelayHandle {
     publication: Arc<Publication>,
     shutdown_tx: watch::Sender<bool>,
     grace: Duration,
+    metrics_addr: Option<SocketAddr>,
+    control_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RelayHandle {
@@ -291,6 +378,52 @@ impl RelayHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> RelayStats {
         self.shared.stats.snapshot()
+    }
+
+    /// What `onionvpn-relay status` shows, from this handle.
+    pub fn status(&self) -> StatusReport {
+        self.shared.status()
+    }
+
+    /// The metrics exposition, as the endpoint would serve it.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics()
+    }
+
+    /// Where the metrics endpoint listens (`None`: `metrics.enabled = false`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The control socket (`None`: not served).
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control_path.as_deref()
+    }
+
+    /// Waits until the first descriptor publication was attempted (put and announce, each
+    /// done or failed), at most `limit`; true if it was. Immediately true when publishing is
+    /// off.
+    pub async fn first_publication(&self, limit: Duration) -> bool {
+        let mut rx = self.shared.first_publication.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether the relay's runtime still runs tasks: a no-op task must complete within
+    /// `limit` (the systemd watchdog asks this).
+    pub async fn alive(&self, limit: Duration) -> bool {
+        let Some(rt) = &self.runtime else {
+            return false;
+        };
+        let t = rt.spawn(async {});
+        matches!(tokio::time::timeout(limit, t).await, Ok(Ok(())))
+    }
+
+    /// Remembers an error for `status` (from the binary's own start-up work, e.g. the
+    /// self-test). `message` must hold no client or destination address.
+    pub fn record_error(&self, message: &str) {
+        self.shared.record_error(message);
     }
 
     /// Clean stop, as on SIGTERM: stops accepting, destroys every circuit (both ways), waits
@@ -374,7 +507,7 @@ pub async fn start_relay_with_keys(
     let started = runtime.spawn(async move {
         start_inner(config, keys, opts, exit_policy, network, shutdown_rx).await
     });
-    let (or_addr, shared, publication) = match started.await {
+    let (or_addr, shared, publication, metrics_addr, control_path) = match started.await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             runtime.shutdown_background();
@@ -393,8 +526,20 @@ pub async fn start_relay_with_keys(
         publication,
         shutdown_tx,
         grace,
+        metrics_addr,
+        control_path,
     })
 }
+
+/// What the start-up task hands back: the bound link address, the shared state, the
+/// publication, the metrics address and the control socket path.
+type Started = (
+    SocketAddr,
+    Arc<Shared>,
+    Arc<Publication>,
+    Option<SocketAddr>,
+    Option<PathBuf>,
+);
 
 async fn start_inner(
     config: Config,
@@ -403,7 +548,7 @@ async fn start_inner(
     exit_policy: onionvpn_directory::ExitPolicy,
     network: onionvpn_directory::Network,
     shutdown: watch::Receiver<bool>,
-) -> Result<(SocketAddr, Arc<Shared>, Arc<Publication>), RelayError> {
+) -> Result<Started, RelayError> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| RelayError::Io {
@@ -451,7 +596,58 @@ async fn start_inner(
         next_serial: AtomicU64::new(1),
         shutdown: shutdown.clone(),
         closed: Notify::new(),
+        errors: Mutex::new(LastErrors::default()),
+        started: Instant::now(),
+        started_unix: crate::cli::unix_now(),
+        first_publication: watch::channel(!opts.publish).0,
     });
+    let metrics_addr = if config.metrics.enabled {
+        let l = crate::metrics::bind(config.metrics.listen)
+            .await
+            .map_err(|source| RelayError::Io {
+                context: "binding the metrics endpoint (metrics.listen)",
+                source,
+            })?;
+        let addr = l.local_addr().map_err(|source| RelayError::Io {
+            context: "reading the metrics address",
+            source,
+        })?;
+        let s = shared.clone();
+        tokio::spawn(crate::metrics::serve(
+            l,
+            Arc::new(move || s.metrics()),
+            shutdown.clone(),
+        ));
+        Some(addr)
+    } else {
+        None
+    };
+    let control_path = match (opts.control_socket, keys.dir().parent()) {
+        (true, Some(data_dir)) => {
+            let path = crate::control::socket_path(data_dir);
+            match crate::control::bind(&path) {
+                Ok(l) => {
+                    let s = shared.clone();
+                    tokio::spawn(crate::control::serve(
+                        l,
+                        path.clone(),
+                        Arc::new(move || s.status()),
+                        shutdown.clone(),
+                    ));
+                    Some(path)
+                }
+                Err(e @ crate::control::ControlError::InUse { .. }) => {
+                    return Err(RelayError::Startup(e.to_string()));
+                }
+                Err(e) => {
+                    warn!("control socket not served, `status` will not work: {e}");
+                    shared.record_error("control socket not served: `status` will not work");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let publication = Arc::new(publish::first_descriptor(
         &keys,
         &config,
@@ -487,7 +683,7 @@ async fn start_inner(
             publication.clone(),
         ));
     }
-    Ok((or_addr, shared, publication))
+    Ok((or_addr, shared, publication, metrics_addr, control_path))
 }
 
 /// The addresses to publish: the configured ones (a port of 0 means the bound port), or the
@@ -536,6 +732,10 @@ async fn accept_loop(
         };
         let ip = peer.ip();
         if let Err(e) = lock(&shared.limits).conns.try_open(ip) {
+            shared
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             debug!(peer = %sensitive_addr(peer), "connection refused: {e}");
             continue;
         }
@@ -650,12 +850,17 @@ async fn create_loop(mut rx: mpsc::Receiver<IncomingCreate>, shared: Arc<Shared>
         let refused = {
             let mut l = lock(&shared.limits);
             match l.rate.on_create(ip, now) {
-                Err(e) => Some(e),
-                Ok(()) => l.cap.try_open().err(),
+                Err(e) => Some((e, &shared.stats.refused_rate)),
+                Ok(()) => l
+                    .cap
+                    .try_open()
+                    .err()
+                    .map(|e| (e, &shared.stats.refused_cap)),
             }
         };
-        if let Some(e) = refused {
+        if let Some((e, by_reason)) = refused {
             debug!("CREATE refused: {e}");
+            by_reason.fetch_add(1, Ordering::Relaxed);
             shared
                 .stats
                 .circuits_refused
@@ -730,6 +935,10 @@ async fn accept_circuit(shared: Arc<Shared>, inc: IncomingCreate, now: Instant) 
         Err(e) => {
             debug!("circuit handshake refused: {e}");
             lock(&shared.limits).cap.close();
+            shared
+                .stats
+                .refused_handshake
+                .fetch_add(1, Ordering::Relaxed);
             shared
                 .stats
                 .circuits_refused

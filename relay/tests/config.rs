@@ -75,11 +75,16 @@ fn defaults_are_the_documented_ones() {
 
 #[test]
 fn unknown_keys_are_named_with_their_path() {
-    let err =
-        parse("lisen = \"1.2.3.4:1\"\n[limits]\ncircuit_rat = 3\n[bogus]\nx = 1\n").unwrap_err();
+    let err = parse(
+        "lisen = \"1.2.3.4:1\"\n[limits]\ncircuit_rat = 3\n[bogus]\nx = 1\n[metrics]\nport = 1\n",
+    )
+    .unwrap_err();
     match &err {
         ConfigError::UnknownKeys { keys, path } => {
-            assert_eq!(keys, &["bogus.x", "limits.circuit_rat", "lisen"]);
+            assert_eq!(
+                keys,
+                &["bogus.x", "limits.circuit_rat", "lisen", "metrics.port"]
+            );
             assert_eq!(path, Path::new("test.toml"));
         }
         other => panic!("{other:?}"),
@@ -142,6 +147,12 @@ fn out_of_range_values_name_key_value_and_range() {
             "network.name",
             "has space",
             "printable",
+        ),
+        (
+            "[metrics]\nlisten = \"0.0.0.0:9477\"",
+            "metrics.listen",
+            "0.0.0.0:9477",
+            "loopback",
         ),
     ];
     for (text, key, value, allowed) in cases {

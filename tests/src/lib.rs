@@ -4,6 +4,7 @@
 //! HTTP helpers.
 
 pub mod http;
+pub mod netns;
 pub mod rawlink;
 pub mod regtest;
 pub mod socksc;
@@ -120,6 +121,9 @@ pub fn relay_config(
     // One client on loopback builds many circuits (benchmarks build hundreds).
     c.limits.circuit_rate = 10_000;
     c.limits.circuit_burst = 10_000;
+    // Every relay serves metrics on loopback (tests/tests/operator.rs scrapes them).
+    c.metrics.enabled = true;
+    c.metrics.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     c
 }
 
@@ -142,6 +146,7 @@ pub fn client_config(
         },
         budget_msat: 1_000_000,
         log_sensitive: false,
+        tun: None,
     }
 }
 
@@ -222,6 +227,12 @@ impl LocalNet {
             net.client = Some(client);
         }
         Ok(net)
+    }
+
+    /// The configuration of a client on this network with state under `name` in the
+    /// network's directory (to adjust before [`start_client_with`], e.g. TUN mode).
+    pub fn client_config(&self, name: &str, hops: u8, socks: SocketAddr) -> ClientConfig {
+        client_config(hops, socks, &self.testnet.bootstrap, self.dir.join(name))
     }
 
     /// Starts another client on this network (state under `name` in the network's directory).
