@@ -36,6 +36,7 @@ use tracing::{debug, warn};
 
 use crate::buildtime::{BuildTimeConfig, BuildTimeEstimator};
 use crate::circuit_task::{spawn_circuit, CircuitHandle, CircuitInfo};
+use crate::payments::ClientPayments;
 use crate::socks::IsolationKey;
 
 /// Settings of the circuit manager.
@@ -106,6 +107,9 @@ pub enum CircMgrError {
     /// The manager is shutting down.
     #[error("client shutting down")]
     ShuttingDown,
+    /// The payment budget is spent: the client no longer pays relays (raise `--budget`).
+    #[error("payment budget reached: the client no longer pays relays")]
+    BudgetReached,
 }
 
 /// A snapshot of one managed circuit (for tests, metrics and the benchmark harness).
@@ -123,6 +127,10 @@ pub struct CircuitSummary {
     pub streams_total: u64,
     /// Whether the circuit is gone.
     pub dead: bool,
+    /// Relay cells sent and received.
+    pub cells: u64,
+    /// Each hop's payment terms (`None`: free hop).
+    pub terms: Vec<Option<onionvpn_proto::ext::PaymentTerms>>,
 }
 
 struct PoolEntry {
@@ -158,6 +166,10 @@ pub struct CircMgr {
     closing: AtomicBool,
     /// Taken (flushed and dropped, releasing the database) by [`CircMgr::close`].
     cache: Mutex<Option<Cache>>,
+    /// Paying relays, when the client has a rail.
+    payments: Option<Arc<ClientPayments>>,
+    /// Relays whose payments kept failing, to avoid in the next paths.
+    pay_failed: Arc<Mutex<Vec<[u8; 32]>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,7 +234,20 @@ impl CircMgr {
             refilling: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             cache: Mutex::new(cache),
+            payments: None,
+            pay_failed: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Pays the hops of every circuit built from now on through `payments`.
+    pub fn with_payments(mut self, payments: Arc<ClientPayments>) -> Self {
+        self.payments = Some(payments);
+        self
+    }
+
+    /// The client's payment state, if it pays.
+    pub fn payments(&self) -> Option<&Arc<ClientPayments>> {
+        self.payments.as_ref()
     }
 
     /// The settings.
@@ -285,6 +310,8 @@ impl CircMgr {
                     streams_open: i.streams_open(),
                     streams_total: i.streams_total(),
                     dead: e.handle.is_dead(),
+                    cells: i.cells(),
+                    terms: i.terms(),
                 }
             })
             .collect()
@@ -318,6 +345,9 @@ impl CircMgr {
     ) -> Result<CircuitHandle, CircMgrError> {
         if self.closing.load(Ordering::Relaxed) {
             return Err(CircMgrError::ShuttingDown);
+        }
+        if self.payments.as_ref().is_some_and(|p| p.budget_reached()) {
+            return Err(CircMgrError::BudgetReached);
         }
         let key_lock = self.key_lock(key);
         let _serialised = key_lock.lock().await;
@@ -408,6 +438,9 @@ impl CircMgr {
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
         let mut st = lock(&self.state);
         let ttl = self.cfg.failed_relay_ttl;
+        for id in lock(&self.pay_failed).drain(..) {
+            st.failed.insert(id, Instant::now());
+        }
         st.failed.retain(|_, t| t.elapsed() < ttl);
         let all = relays.usable(now);
         let healthy: Vec<&Descriptor> = all
@@ -513,6 +546,24 @@ impl CircMgr {
         match tokio::time::timeout(remaining, build_rx).await {
             Ok(Ok(Ok(took))) => {
                 lock(&self.buildtime).record_success(took);
+                if let Some(p) = &self.payments {
+                    let nodes: Vec<[u8; 33]> = path.iter().map(|d| d.body().ln_node_id.0).collect();
+                    let info = handle.info().clone();
+                    let failed = self.pay_failed.clone();
+                    let ids2 = ids.clone();
+                    let info2 = info.clone();
+                    let on_rebuild = move |hop: usize| {
+                        if let Some(id) = ids2.get(hop) {
+                            lock(&failed).push(*id);
+                        }
+                        // New streams go to another circuit; this one ends with its streams.
+                        info2.retire();
+                    };
+                    if let Err(e) = p.start(info, &nodes, on_rebuild) {
+                        // Dropping the handle ends the task, which destroys the circuit.
+                        return Err(Attempt::Failed(format!("cannot pay this path: {e}")));
+                    }
+                }
                 self.built.send_modify(|b| *b += 1);
                 Ok((handle, exit))
             }

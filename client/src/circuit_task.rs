@@ -23,6 +23,7 @@ use onionvpn_chan::{ChannelHandle, CircuitRx};
 use onionvpn_proto::cell::{Cell, ChanCmd, CircId, DestroyReason};
 use onionvpn_proto::circuit::{CircError, ClientCircuit, ClientEvent};
 use onionvpn_proto::consts::CELL_BODY_LEN;
+use onionvpn_proto::ext::PaymentTerms;
 use onionvpn_proto::relaymsg::{EndReason, StreamId, Target};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tracing::debug;
@@ -101,6 +102,10 @@ pub struct CircuitInfo {
     dead: AtomicBool,
     streams_open: AtomicUsize,
     streams_total: AtomicU64,
+    /// Relay cells sent and received (what the hops charge for).
+    cells: AtomicU64,
+    /// Each built hop's payment terms (`None`: the hop is free).
+    terms: Mutex<Vec<Option<PaymentTerms>>>,
 }
 
 impl CircuitInfo {
@@ -123,6 +128,18 @@ impl CircuitInfo {
     /// Streams ever opened.
     pub fn streams_total(&self) -> u64 {
         self.streams_total.load(Ordering::Relaxed)
+    }
+    /// Takes the circuit out of use: it counts as dead for new streams and payments.
+    pub(crate) fn retire(&self) {
+        self.dead.store(true, Ordering::Relaxed);
+    }
+    /// Relay cells sent and received on the circuit so far.
+    pub fn cells(&self) -> u64 {
+        self.cells.load(Ordering::Relaxed)
+    }
+    /// The payment terms of each built hop, guard first (`None`: free hop).
+    pub fn terms(&self) -> Vec<Option<PaymentTerms>> {
+        self.terms.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -388,6 +405,8 @@ pub(crate) fn spawn_circuit(
         dead: AtomicBool::new(false),
         streams_open: AtomicUsize::new(0),
         streams_total: AtomicU64::new(0),
+        cells: AtomicU64::new(0),
+        terms: Mutex::new(Vec::new()),
     });
     let (tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (build_tx, build_rx) = oneshot::channel();
@@ -558,6 +577,9 @@ impl Task {
             }
             batch.push(Cell::with_body(self.circ_id, out.cmd, &out.body));
         }
+        self.info
+            .cells
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.chan
             .send_batch(batch)
             .await
@@ -571,6 +593,7 @@ impl Task {
                 self.on_event(ev)
             }
             ChanCmd::Relay | ChanCmd::RelayEarly => {
+                self.info.cells.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 let ev = self.circ.handle_relay(cell.body_mut(), now)?;
                 self.on_event(ev)
@@ -584,7 +607,12 @@ impl Task {
 
     fn on_event(&mut self, ev: ClientEvent<'_>) -> Result<(), Stop> {
         match ev {
-            ClientEvent::HopAdded { hop, open, .. } => {
+            ClientEvent::HopAdded { hop, open, terms } => {
+                self.info
+                    .terms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(terms);
                 self.info.hops_built.store(hop + 1, Ordering::Relaxed);
                 if open {
                     self.info.open.store(true, Ordering::Relaxed);

@@ -24,8 +24,10 @@ use tracing::{debug, info, warn};
 
 use crate::circmgr::{CircMgr, MgrConfig};
 use crate::config::{ClientConfig, NetworkChoice};
+use crate::payments::{ClientPayments, PaymentsSetup};
 use crate::socks_server::{serve, SocksSettings};
 use crate::tun::{TunError, TunHandle};
+use onionvpn_pay::payer::PriceCap;
 
 /// Errors starting or waiting for the client.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,9 @@ pub enum ClientError {
     /// The DHT node could not start.
     #[error("DHT node: {0}")]
     Dht(String),
+    /// The payment state could not be set up (spend file).
+    #[error("payments: {0}")]
+    Payments(String),
     /// No circuit was built in time.
     #[error("no circuit built within {0:?} ({1} relays known)")]
     NotReady(Duration, usize),
@@ -87,6 +92,9 @@ pub struct RuntimeOptions {
     pub relays: Option<Vec<Descriptor>>,
     /// Keep the relay cache and guards in the data directory.
     pub use_cache: bool,
+    /// Pay the hops that charge (`None`: the client pays nobody; charging relays that
+    /// enforce payment then end its circuits after their grace).
+    pub payments: Option<PaymentsSetup>,
 }
 
 impl Default for RuntimeOptions {
@@ -99,6 +107,7 @@ impl Default for RuntimeOptions {
             rediscover_every: Duration::from_secs(600),
             relays: None,
             use_cache: true,
+            payments: None,
         }
     }
 }
@@ -234,7 +243,23 @@ pub async fn start_client_with(
     let mut mgr_cfg = opts.mgr.clone();
     mgr_cfg.hops = usize::from(config.hops);
     mgr_cfg.price_cap = config.price_cap;
-    let mgr = Arc::new(CircMgr::new(mgr_cfg, relays, guards, cache));
+    let mut mgr = CircMgr::new(mgr_cfg, relays, guards, cache);
+    if let Some(setup) = &opts.payments {
+        make_private_dir(&config.data_dir)?;
+        let cap = PriceCap {
+            msat_per_mib: config.price_cap.msat_per_mib,
+            msat_per_min: config.price_cap.msat_per_min,
+        };
+        let p = ClientPayments::new(setup, cap, config.budget_msat, &config.data_dir)
+            .map_err(|e| ClientError::Payments(e.to_string()))?;
+        info!(
+            budget_msat = config.budget_msat,
+            spent_msat = p.spent_msat(),
+            "paying relays"
+        );
+        mgr = mgr.with_payments(Arc::new(p));
+    }
+    let mgr = Arc::new(mgr);
 
     let mut tasks = Vec::new();
     match &opts.relays {

@@ -6,8 +6,9 @@
 //! of a redelivered id is a no-op, so no payment is lost or counted twice.
 //!
 //! Trees: `payments` (id → amount, token, day), `days` (day → msat), `tokens`
-//! (token → msat). One sled transaction updates all three, so the aggregates always match
-//! the entries. Days are UTC days since the Unix epoch; the caller passes the time in.
+//! (token → msat), `meta` (counters: total msat, circuits paid, entries). One sled
+//! transaction updates all four, so the aggregates always match the entries and every query
+//! but [`Ledger::per_day`] is a single read. Days are UTC days since the Unix epoch; the caller passes the time in.
 
 use std::path::Path;
 
@@ -20,6 +21,10 @@ use crate::PayError;
 const PAYMENTS: &str = "payments";
 const DAYS: &str = "days";
 const TOKENS: &str = "tokens";
+const META: &str = "meta";
+const META_TOTAL: &[u8] = b"total_msat";
+const META_CIRCUITS: &[u8] = b"circuits";
+const META_ENTRIES: &[u8] = b"entries";
 /// Key in `tokens` for payments that carried no (well-formed) token.
 const NO_TOKEN: [u8; PAYMENT_TOKEN_LEN] = [0; PAYMENT_TOKEN_LEN];
 /// Seconds in a day.
@@ -52,6 +57,20 @@ pub struct Ledger {
     payments: sled::Tree,
     days: sled::Tree,
     tokens: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// Everything the ledger knows, in one read (for `onionvpn-relay earnings` and metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Total received, in msat.
+    pub total_msat: u64,
+    /// Received per UTC day, oldest first.
+    pub per_day: Vec<DayTotal>,
+    /// Circuits (tokens) that paid anything.
+    pub circuits_paid: u64,
+    /// Payments recorded.
+    pub entries: u64,
 }
 
 fn ledger_err(context: &'static str) -> impl FnOnce(sled::Error) -> PayError {
@@ -64,6 +83,40 @@ fn u64_of(v: &[u8]) -> u64 {
         b.copy_from_slice(s);
     }
     u64::from_be_bytes(b)
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "total: {} msat ({} sat)",
+            self.total_msat,
+            self.total_msat / 1000
+        )?;
+        writeln!(f, "circuits paid: {}", self.circuits_paid)?;
+        writeln!(f, "payments: {}", self.entries)?;
+        writeln!(f, "per day (UTC):")?;
+        for d in &self.per_day {
+            let (y, m, dd) = civil_from_days(i64::from(d.day));
+            writeln!(f, "  {y:04}-{m:02}-{dd:02}  {} msat", d.msat)?;
+        }
+        Ok(())
+    }
+}
+
+/// (year, month, day) of `days` since 1970-01-01 in the proleptic Gregorian calendar
+/// (the well-known days-to-civil algorithm: 400-year eras of 146097 days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u32, d as u32)
 }
 
 /// The UTC day of `unix_secs`.
@@ -93,6 +146,7 @@ impl Ledger {
             payments: tree(PAYMENTS)?,
             days: tree(DAYS)?,
             tokens: tree(TOKENS)?,
+            meta: tree(META)?,
             db,
         })
     }
@@ -111,7 +165,8 @@ impl Ledger {
             }
             None => NO_TOKEN,
         };
-        let res = (&self.payments, &self.days, &self.tokens).transaction(|(pay, days, toks)| {
+        let trees = (&self.payments, &self.days, &self.tokens, &self.meta);
+        let res = trees.transaction(|(pay, days, toks, meta)| {
             if pay.get(p.id.0)?.is_some() {
                 return Ok(Recorded::Duplicate);
             }
@@ -119,8 +174,19 @@ impl Ledger {
             let dk = day.to_be_bytes();
             let d = days.get(dk)?.map_or(0, |v| u64_of(&v));
             days.insert(&dk, &d.saturating_add(p.amount_msat).to_be_bytes())?;
-            let t = toks.get(token)?.map_or(0, |v| u64_of(&v));
+            let old = toks.get(token)?;
+            let t = old.as_ref().map_or(0, |v| u64_of(v));
             toks.insert(&token, &t.saturating_add(p.amount_msat).to_be_bytes())?;
+            let bump = |key: &[u8], by: u64| -> Result<(), ConflictableTransactionError<()>> {
+                let v = meta.get(key)?.map_or(0, |v| u64_of(&v));
+                meta.insert(key, &v.saturating_add(by).to_be_bytes())?;
+                Ok(())
+            };
+            bump(META_TOTAL, p.amount_msat)?;
+            bump(META_ENTRIES, 1)?;
+            if old.is_none() && token != NO_TOKEN {
+                bump(META_CIRCUITS, 1)?;
+            }
             Ok::<_, ConflictableTransactionError<()>>(Recorded::New)
         });
         let r = match res {
@@ -144,12 +210,27 @@ impl Ledger {
             .map_err(ledger_err("reading"))
     }
 
+    fn counter(&self, key: &[u8]) -> Result<u64, PayError> {
+        Ok(self
+            .meta
+            .get(key)
+            .map_err(ledger_err("reading"))?
+            .map_or(0, |v| u64_of(&v)))
+    }
+
     /// Total received, in msat.
     pub fn total_msat(&self) -> Result<u64, PayError> {
-        Ok(self
-            .per_day()?
-            .iter()
-            .fold(0u64, |s, d| s.saturating_add(d.msat)))
+        self.counter(META_TOTAL)
+    }
+
+    /// Everything at once.
+    pub fn summary(&self) -> Result<Summary, PayError> {
+        Ok(Summary {
+            total_msat: self.total_msat()?,
+            per_day: self.per_day()?,
+            circuits_paid: self.circuits_paid()?,
+            entries: self.entries()?,
+        })
     }
 
     /// Received per UTC day, oldest first.
@@ -173,12 +254,7 @@ impl Ledger {
     /// Circuits paid: distinct tokens that paid anything (payments without a token are
     /// not a circuit).
     pub fn circuits_paid(&self) -> Result<u64, PayError> {
-        let n = self.tokens.len() as u64;
-        let untokened = self
-            .tokens
-            .contains_key(NO_TOKEN)
-            .map_err(ledger_err("reading"))?;
-        Ok(n - u64::from(untokened))
+        self.counter(META_CIRCUITS)
     }
 
     /// Received with token `token`, in msat.
@@ -191,8 +267,8 @@ impl Ledger {
     }
 
     /// Number of payments recorded.
-    pub fn entries(&self) -> u64 {
-        self.payments.len() as u64
+    pub fn entries(&self) -> Result<u64, PayError> {
+        self.counter(META_ENTRIES)
     }
 }
 
@@ -242,9 +318,30 @@ mod tests {
         );
         assert_eq!(l.circuits_paid().unwrap(), 2);
         assert_eq!(l.token_msat(&PaymentToken([1; 16])).unwrap(), 150);
-        assert_eq!(l.entries(), 4);
+        assert_eq!(l.entries().unwrap(), 4);
+        let sum = l.summary().unwrap();
+        assert_eq!(sum.total_msat, 158);
+        assert_eq!(sum.circuits_paid, 2);
+        assert_eq!(sum.entries, 4);
+        assert_eq!(sum.per_day.len(), 2);
         assert!(l.contains(&PaymentId([3; 32])).unwrap());
         assert!(!l.contains(&PaymentId([9; 32])).unwrap());
+    }
+
+    #[test]
+    fn days_print_as_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let text = Summary {
+            total_msat: 1500,
+            per_day: vec![DayTotal { day: 0, msat: 1500 }],
+            circuits_paid: 1,
+            entries: 2,
+        }
+        .to_string();
+        assert!(text.contains("1970-01-01  1500 msat"), "{text}");
+        assert!(text.contains("circuits paid: 1"));
     }
 
     #[test]
@@ -262,7 +359,8 @@ mod tests {
             Recorded::Duplicate
         );
         assert_eq!(l.total_msat().unwrap(), 300);
-        assert_eq!(l.entries(), 2);
+        assert_eq!(l.entries().unwrap(), 2);
+        assert_eq!(l.circuits_paid().unwrap(), 2);
         drop(l);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -40,6 +40,14 @@ pub struct MemoryNetwork {
     inner: Arc<Mutex<Net>>,
 }
 
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryNetwork")
+            .field("nodes", &self.lock().nodes.len())
+            .finish()
+    }
+}
+
 impl MemoryNetwork {
     /// An empty network.
     pub fn new() -> MemoryNetwork {

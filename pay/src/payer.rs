@@ -335,7 +335,12 @@ impl CircuitPayer {
                 if unused > i128::from(h.threshold_msat) {
                     continue;
                 }
-                let delay = random_duration(jitter, rng);
+                // Behind (using unpaid grace): pay at once; ahead: after a random delay.
+                let delay = if unused >= 0 {
+                    random_duration(jitter, rng)
+                } else {
+                    Duration::ZERO
+                };
                 h.due = Some((now + delay, 0, 1));
             }
             let Some((at, retry_amount, attempt)) = h.due else {

@@ -7,14 +7,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onionvpn_chan::{ChannelHandle, CircuitRx};
+use onionvpn_pay::account::{Account, Verdict};
 use onionvpn_proto::cell::{Cell, ChanCmd, CircId, DestroyReason};
 use onionvpn_proto::circuit::{CircError, ExtendRequest, FromClient, RelayCircuit};
 use onionvpn_proto::consts::{CELL_BODY_LEN, CELL_LEN};
+use onionvpn_proto::ext::{PaymentTerms, PaymentToken};
 use onionvpn_proto::relaymsg::{BeginFlags, EndReason, StreamId, Target};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -112,6 +114,50 @@ impl ExitStream {
     }
 }
 
+/// A charging circuit's account and where its payments arrive.
+pub(crate) struct Billing {
+    account: Account,
+    /// Credited by the payment task, drained into `account` when it is checked.
+    credits: Arc<AtomicU64>,
+}
+
+impl Billing {
+    pub(crate) fn new(terms: PaymentTerms, credits: Arc<AtomicU64>, now: Instant) -> Self {
+        Billing {
+            account: Account::new(terms, now),
+            credits,
+        }
+    }
+
+    pub(crate) fn token(&self) -> PaymentToken {
+        self.account.terms().token
+    }
+
+    /// Counts `cells` relay cells carried through this hop.
+    fn carry(&mut self, cells: usize) {
+        self.account
+            .carry((cells as u64).saturating_mul(CELL_BODY_LEN as u64));
+    }
+
+    /// Whether the circuit may go on at `now`, with payments received so far.
+    fn allowed(&mut self, now: Instant) -> bool {
+        let c = self.credits.swap(0, Ordering::AcqRel);
+        if c > 0 {
+            self.account.credit(c);
+        }
+        match self.account.check(now) {
+            Verdict::Allowed => true,
+            Verdict::PaymentRequired {
+                owed_msat,
+                credited_msat,
+            } => {
+                debug!(owed_msat, credited_msat, "circuit unpaid: destroying it");
+                false
+            }
+        }
+    }
+}
+
 /// How a circuit ended.
 enum Stop {
     /// Tell both sides with this reason.
@@ -143,10 +189,15 @@ pub(crate) struct CircuitTask {
     to_prev: Vec<Cell>,
     /// Cells for the next hop, in the order they were peeled.
     to_next: Vec<Cell>,
+    /// The hop's account, when the relay charges this circuit.
+    billing: Option<Billing>,
+    /// Set by `flush` when use passed paid + grace.
+    unpaid: bool,
 }
 
 impl CircuitTask {
     /// A task for an accepted circuit (CREATED already sent).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
         serial: u64,
@@ -155,6 +206,7 @@ impl CircuitTask {
         prev_rx: CircuitRx,
         circ: RelayCircuit,
         kill: Arc<tokio::sync::Notify>,
+        billing: Option<Billing>,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(STREAM_EVENTS);
         CircuitTask {
@@ -174,6 +226,8 @@ impl CircuitTask {
             since_quota: 0,
             to_prev: Vec::with_capacity(BATCH),
             to_next: Vec::with_capacity(BATCH),
+            billing,
+            unpaid: false,
         }
     }
 
@@ -211,6 +265,9 @@ impl CircuitTask {
         }
         // Dropping the streams aborts their tasks and closes their sockets.
         self.streams.clear();
+        if let (Some(p), Some(b)) = (&self.shared.payments, &self.billing) {
+            p.unregister(&b.token());
+        }
         self.shared.circuit_closed(self.serial);
     }
 
@@ -263,6 +320,13 @@ impl CircuitTask {
                     .circuit_errors
                     .fetch_add(1, Ordering::Relaxed);
                 return Stop::Both(e.destroy_reason());
+            }
+            if self.unpaid {
+                self.shared
+                    .stats
+                    .circuits_payment_required
+                    .fetch_add(1, Ordering::Relaxed);
+                return Stop::Both(DestroyReason::PaymentRequired);
             }
             self.since_quota += 1;
             if self.since_quota >= QUOTA_EVERY {
@@ -324,9 +388,20 @@ impl CircuitTask {
                 self.ready.push_back(sid);
             }
         }
+        let before = self.to_prev.len();
         while let Some(body) = self.circ.poll_backward()? {
             self.to_prev
                 .push(Cell::with_body(self.prev_id, ChanCmd::Relay, &body));
+        }
+        if let Some(b) = &mut self.billing {
+            b.carry(self.to_prev.len() - before);
+            // Over paid + grace: what this turn produced is not relayed.
+            if !b.allowed(now) {
+                self.to_prev.clear();
+                self.to_next.clear();
+                self.unpaid = true;
+                return Ok(());
+            }
         }
         self.send_batches().await;
         Ok(())
@@ -402,6 +477,9 @@ impl CircuitTask {
             .stats
             .cells_forward
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = &mut self.billing {
+            b.carry(1);
+        }
         let now = Instant::now();
         let ev = self.circ.handle_forward(cmd, cell.body_mut(), now)?;
         match ev {
@@ -441,7 +519,7 @@ impl CircuitTask {
             // The state machine records XOFF: `can_send` stays false for the stream, so its
             // pending chunks stay, its reader runs out of permits and stops reading the socket.
             FromClient::FlowControl { .. } => {}
-            FromClient::Payment(_) => debug!("PAYMENT message ignored: payments not wired yet"),
+            FromClient::Payment(_) => debug!("PAYMENT message ignored: payments arrive by keysend"),
             _ => {}
         }
         Ok(Flow::Continue)
@@ -458,6 +536,9 @@ impl CircuitTask {
             }
         }
         self.circ.handle_backward(cell.body_mut())?;
+        if let Some(b) = &mut self.billing {
+            b.carry(1);
+        }
         cell.set_circ_id(self.prev_id);
         // Toward the client every cell is RELAY (RELAY_EARLY only goes forward).
         cell.set_cmd(ChanCmd::Relay);

@@ -53,6 +53,9 @@ pub enum Command {
     Init,
     /// Run the relay (the default).
     Run,
+    /// Show what the relay earned: total, per day, circuits paid (from the ledger in the
+    /// data directory; while the relay runs, from the summary it keeps beside it).
+    Earnings,
     /// Check what clients need, from outside the relay: the advertised addresses accept a
     /// link, the descriptor is in the DHT and verifies, the relay is announced, the exit
     /// policy; exits 1 if a check fails.
@@ -128,6 +131,9 @@ pub enum CliError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// The earnings ledger could not be read.
+    #[error("earnings: {0}")]
+    Earnings(String),
     /// `check` found no keys.
     #[error("no relay keys under {}: run `onionvpn-relay init` first", dir.display())]
     NoKeys {
@@ -312,6 +318,50 @@ pub fn prepare_run(cli: &Cli, env: &Env, now: u64) -> Result<RunSetup, CliError>
         data_dir,
         keys,
     })
+}
+
+/// `onionvpn-relay earnings`: the ledger's summary as text. The ledger is a single-process
+/// database: while the relay runs it holds it, and this reads the summary the relay rewrites
+/// after each payment instead (saying so).
+pub fn earnings(cli: &Cli, env: &Env) -> Result<String, CliError> {
+    let config_path = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None => resolve_data_dir(cli, None, env)
+            .ok()
+            .map(|d| d.join(CONFIG_FILE_NAME)),
+    };
+    let config = match config_path {
+        Some(p) if p.exists() => Some(Config::load(&p)?),
+        _ => None,
+    };
+    let data_dir = resolve_data_dir(cli, config.as_ref(), env)?;
+    let ledger_dir = crate::payments::ledger_dir(&data_dir);
+    if !ledger_dir.exists() {
+        return Err(CliError::Earnings(format!(
+            "no earnings ledger in {}: this relay has not run with payments \
+             (a [lightning] section) yet",
+            data_dir.display()
+        )));
+    }
+    match onionvpn_pay::ledger::Ledger::open(&ledger_dir) {
+        Ok(l) => l
+            .summary()
+            .map(|s| s.to_string())
+            .map_err(|e| CliError::Earnings(e.to_string())),
+        Err(e) => {
+            let summary = crate::payments::summary_path(&ledger_dir);
+            match std::fs::read_to_string(&summary) {
+                Ok(text) => Ok(format!(
+                    "the relay is running (it holds the ledger); its summary after the last \
+                     payment:\n{text}"
+                )),
+                Err(_) => Err(CliError::Earnings(format!(
+                    "cannot open the ledger ({e}); if the relay is running it holds the \
+                     ledger and has written no summary yet (no payment since it started)"
+                ))),
+            }
+        }
+    }
 }
 
 /// What `check` runs with: the validated config, its data directory and the relay's public

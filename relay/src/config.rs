@@ -128,6 +128,10 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Logging.
     pub logging: LoggingConfig,
+    /// The Lightning node id published in the descriptor. Not read from the file: the
+    /// runtime sets it from the payment rail (`None`: all zeros, the relay is not paid).
+    #[serde(skip)]
+    pub ln_node_id: Option<[u8; 33]>,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
 }
@@ -146,6 +150,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             keys: KeysConfig::default(),
             logging: LoggingConfig::default(),
+            ln_node_id: None,
             metrics: MetricsConfig::default(),
         }
     }

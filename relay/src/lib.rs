@@ -13,11 +13,13 @@ pub mod control;
 pub mod exit;
 pub mod metrics;
 pub mod notify;
+pub mod payments;
 pub mod publish;
 pub mod runtime;
 pub mod status;
 
 pub use config::Config as RelayConfig;
+pub use payments::PaymentsSetup;
 pub use runtime::{
     start_relay, start_relay_with, start_relay_with_keys, RelayError, RelayHandle, RelayStats,
     RuntimeOptions,

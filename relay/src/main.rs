@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget};
 use onionvpn_relay::cli::{
-    control_socket, init, prepare_check, prepare_run, unix_now, Cli, Command, Env,
+    control_socket, earnings, init, prepare_check, prepare_run, unix_now, Cli, Command, Env,
 };
 use onionvpn_relay::config::LogLevel;
 use onionvpn_relay::notify::Notifier;
@@ -36,6 +36,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => run(&cli, &env),
+        Command::Earnings => match earnings(&cli, &env) {
+            Ok(text) => {
+                let _ = write!(std::io::stdout().lock(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("onionvpn-relay: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check => check(&cli, &env),
         Command::Status => status(&cli, &env),
     }

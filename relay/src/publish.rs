@@ -129,8 +129,8 @@ pub fn build_descriptor(
         link_key: LinkKey(keys.link().public()),
         bandwidth: config.advertised_bandwidth,
         prices: config.prices(),
-        // No Lightning node yet (payments are a later issue): all zeros.
-        ln_node_id: LnNodeId([0; 33]),
+        // The rail's node when the relay is paid; all zeros otherwise.
+        ln_node_id: LnNodeId(config.ln_node_id.unwrap_or([0; 33])),
         onion_keys: keys.descriptor_onion_keys(),
         addresses: addresses.to_vec(),
         protocols: PROTOCOLS.to_vec(),

@@ -26,12 +26,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::chanmgr::{ChanMgr, ExtendPolicy};
-use crate::circuit_task::CircuitTask;
+use crate::circuit_task::{Billing, CircuitTask};
 use crate::config::{Config, ConfigError};
 use crate::exit::ExitSettings;
 use crate::keys::{KeyError, KeyStore};
 use crate::limits::{CircuitCap, CircuitCreationLimiter, ConnectionLimiter, MemQuota};
 use crate::metrics::MetricsInfo;
+use crate::payments::{Payments, PaymentsSetup};
 use crate::publish::{self, Publication};
 use crate::redact::sensitive_addr;
 use crate::status::{LastErrors, StatusReport};
@@ -54,6 +55,9 @@ pub enum RelayError {
         /// The error.
         source: std::io::Error,
     },
+    /// The payment rail or the earnings ledger could not be set up.
+    #[error("payments: {0}")]
+    Payments(#[from] onionvpn_pay::PayError),
     /// The descriptor could not be built or signed.
     #[error("descriptor: {0}")]
     Descriptor(#[from] onionvpn_directory::DescriptorError),
@@ -87,6 +91,9 @@ pub struct RuntimeOptions {
     pub shutdown_grace: Duration,
     /// The PEX batch served with the descriptor: background discovery on the relay's DHT node.
     pub pex: publish::PexOptions,
+    /// How the relay is paid. `None`: circuits are not charged (the descriptor's prices are
+    /// still announced, but nothing enforces them), as on a local test network.
+    pub payments: Option<PaymentsSetup>,
     /// Serve the control socket (`<data dir>/control.sock`) that `onionvpn-relay status` reads.
     pub control_socket: bool,
 }
@@ -103,6 +110,7 @@ impl Default for RuntimeOptions {
             create_queue: 1024,
             shutdown_grace: Duration::from_secs(2),
             pex: publish::PexOptions::default(),
+            payments: None,
             control_socket: true,
         }
     }
@@ -123,6 +131,7 @@ pub(crate) struct StatsInner {
     pub(crate) exit_bytes_read: AtomicU64,
     pub(crate) exit_bytes_written: AtomicU64,
     pub(crate) descriptor_puts: AtomicU64,
+    pub(crate) circuits_payment_required: AtomicU64,
     pub(crate) refused_rate: AtomicU64,
     pub(crate) refused_cap: AtomicU64,
     pub(crate) refused_handshake: AtomicU64,
@@ -157,6 +166,8 @@ pub struct RelayStats {
     pub exit_bytes_written: u64,
     /// Successful descriptor puts into the DHT.
     pub descriptor_puts: u64,
+    /// Circuits destroyed because their use passed what they paid plus the grace.
+    pub circuits_payment_required: u64,
     /// CREATEs refused by the per-address creation rate limit.
     pub refused_rate: u64,
     /// CREATEs refused because `limits.max_circuits` circuits were open.
@@ -185,6 +196,7 @@ impl StatsInner {
             exit_bytes_read: g(&self.exit_bytes_read),
             exit_bytes_written: g(&self.exit_bytes_written),
             descriptor_puts: g(&self.descriptor_puts),
+            circuits_payment_required: g(&self.circuits_payment_required),
             refused_rate: g(&self.refused_rate),
             refused_cap: g(&self.refused_cap),
             refused_handshake: g(&self.refused_handshake),
@@ -218,6 +230,8 @@ pub(crate) struct Shared {
     pub(crate) extend_timeout: Duration,
     channel: ChannelConfig,
     pub(crate) stats: StatsInner,
+    /// Payment routing and the earnings ledger, when the relay is paid.
+    pub(crate) payments: Option<Arc<Payments>>,
     limits: Mutex<Limits>,
     quota: Mutex<MemQuota<u64>>,
     circuits: Mutex<HashMap<u64, Arc<Notify>>>,
@@ -313,7 +327,9 @@ impl Shared {
             msat_per_min: self.policy.msat_per_min,
             dht_publications: s.descriptor_puts,
             dht_last_publication: s.last_publication_unix,
-            earnings: None,
+            earnings: self.payments.as_ref().and_then(|p| {
+                crate::status::Earnings::from_ledger(&p.ledger(), crate::cli::unix_now()).ok()
+            }),
             errors_total: errors.total(),
             last_errors: errors.entries(),
         }
@@ -378,6 +394,12 @@ impl RelayHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> RelayStats {
         self.shared.stats.snapshot()
+    }
+
+    /// The earnings ledger, when the relay is paid (read it for totals, per day, circuits
+    /// paid).
+    pub fn ledger(&self) -> Option<onionvpn_pay::ledger::Ledger> {
+        self.shared.payments.as_ref().map(|p| p.ledger())
     }
 
     /// What `onionvpn-relay status` shows, from this handle.
@@ -542,7 +564,7 @@ type Started = (
 );
 
 async fn start_inner(
-    config: Config,
+    mut config: Config,
     keys: KeyStore,
     opts: RuntimeOptions,
     exit_policy: onionvpn_directory::ExitPolicy,
@@ -560,6 +582,14 @@ async fn start_inner(
         source,
     })?;
     let addresses = advertised_addresses(&config, or_addr)?;
+    let payments = match &opts.payments {
+        Some(setup) => {
+            // The descriptor names the node that gets paid.
+            config.ln_node_id = Some(setup.rail.node_id().0);
+            Some(Arc::new(Payments::open(setup)?))
+        }
+        None => None,
+    };
     let l = &config.limits;
     let seed = rand::random::<u64>();
     let shared = Arc::new(Shared {
@@ -586,6 +616,7 @@ async fn start_inner(
         extend_timeout: opts.extend_timeout,
         channel: opts.channel.clone(),
         stats: StatsInner::default(),
+        payments: payments.clone(),
         limits: Mutex::new(Limits {
             rate: CircuitCreationLimiter::new(l.circuit_rate_config(), seed),
             cap: CircuitCap::new(l.max_circuits),
@@ -669,6 +700,9 @@ async fn start_inner(
         publication.served(),
     ));
     tokio::spawn(create_loop(create_rx, shared.clone()));
+    if let Some(p) = payments {
+        tokio::spawn(p.run(shutdown.clone()));
+    }
     if opts.publish {
         tokio::spawn(publish::publish_loop(
             keys,
@@ -947,11 +981,19 @@ async fn accept_circuit(shared: Arc<Shared>, inc: IncomingCreate, now: Instant) 
             return;
         }
     };
+    // Route the hop's payments to this circuit before the client can learn its token.
+    let billing = match (&shared.payments, circ.terms()) {
+        (Some(p), Some(terms)) => Some(Billing::new(*terms, p.register(terms.token), now)),
+        _ => None,
+    };
     if channel
         .send(Cell::with_body(id, ChanCmd::Created, &created))
         .await
         .is_err()
     {
+        if let (Some(p), Some(b)) = (&shared.payments, &billing) {
+            p.unregister(&b.token());
+        }
         lock(&shared.limits).cap.close();
         return;
     }
@@ -960,7 +1002,7 @@ async fn accept_circuit(shared: Arc<Shared>, inc: IncomingCreate, now: Instant) 
     lock(&shared.circuits).insert(serial, kill.clone());
     shared.stats.circuits_open.fetch_add(1, Ordering::Relaxed);
     shared.stats.circuits_total.fetch_add(1, Ordering::Relaxed);
-    CircuitTask::new(shared.clone(), serial, channel, id, rx, circ, kill)
+    CircuitTask::new(shared.clone(), serial, channel, id, rx, circ, kill, billing)
         .run()
         .await;
 }

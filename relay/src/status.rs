@@ -75,6 +75,23 @@ pub struct Earnings {
     pub payments: u64,
 }
 
+impl Earnings {
+    /// The earnings in `ledger` at `now` (unix seconds; "today" is the UTC day).
+    pub fn from_ledger(
+        ledger: &onionvpn_pay::ledger::Ledger,
+        now: u64,
+    ) -> Result<Self, onionvpn_pay::PayError> {
+        let today = onionvpn_pay::ledger::day_of(now);
+        let days = ledger.per_day()?;
+        Ok(Self {
+            today_msat: days.iter().find(|d| d.day == today).map_or(0, |d| d.msat),
+            total_msat: days.iter().fold(0u64, |s, d| s.saturating_add(d.msat)),
+            circuits_paid: ledger.circuits_paid()?,
+            payments: ledger.entries()?,
+        })
+    }
+}
+
 /// The running relay's state as `status` prints it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -287,6 +304,34 @@ mod tests {
         let text = toml::to_string(&none).unwrap();
         assert_eq!(toml::from_str::<StatusReport>(&text).unwrap(), none);
         assert!(none.render(0).contains("no payments ledger"));
+    }
+
+    #[test]
+    fn earnings_from_a_ledger() {
+        use onionvpn_pay::ledger::Ledger;
+        use onionvpn_pay::rail::{PaymentId, Received};
+        use onionvpn_proto::ext::PaymentToken;
+        let l = Ledger::temporary().unwrap();
+        let day = 86_400 * 20_000;
+        let pay = |id: u8, msat: u64, token: Option<u8>| Received {
+            id: PaymentId([id; 32]),
+            amount_msat: msat,
+            token: token.map(|t| PaymentToken([t; 16])),
+        };
+        l.record(&pay(1, 100, Some(1)), day - 10).unwrap();
+        l.record(&pay(2, 30, Some(1)), day + 5).unwrap();
+        l.record(&pay(3, 7, Some(2)), day + 6).unwrap();
+        l.record(&pay(4, 1, None), day + 7).unwrap();
+        let e = Earnings::from_ledger(&l, day + 100).unwrap();
+        assert_eq!(
+            e,
+            Earnings {
+                today_msat: 38,
+                total_msat: 138,
+                circuits_paid: 2,
+                payments: 4,
+            }
+        );
     }
 
     #[test]

@@ -11,14 +11,23 @@ pub mod socksc;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mainline::Testnet;
 use onionvpn_client::config::{ClientConfig, NetworkChoice};
+use onionvpn_client::PaymentsSetup as ClientPayments;
 use onionvpn_client::{start_client_with, ClientHandle, RuntimeOptions as ClientOptions};
 use onionvpn_directory::descriptor::Prices;
+use onionvpn_pay::ledger::Ledger;
+use onionvpn_pay::memory::MemoryNetwork;
+use onionvpn_pay::payer::PayerConfig;
+use onionvpn_pay::NodeId;
 use onionvpn_relay::config::DefaultAction;
-use onionvpn_relay::{start_relay_with, RelayConfig, RelayHandle, RuntimeOptions as RelayOptions};
+use onionvpn_relay::{
+    start_relay_with, PaymentsSetup as RelayPayments, RelayConfig, RelayHandle,
+    RuntimeOptions as RelayOptions,
+};
 
 pub use http::{start_http, HttpServer};
 
@@ -42,6 +51,72 @@ pub struct LocalNetConfig {
     pub dir: Option<PathBuf>,
     /// Worker threads per relay runtime (`None`: one per core).
     pub relay_threads: Option<usize>,
+    /// Charging relays paid through the in-memory test rail (`None`: free relays).
+    pub paid: Option<PaidNet>,
+}
+
+/// A paid local network: every relay charges these prices and is paid through a node of
+/// `rails`, the in-memory TEST rail (no Lightning; the real-LDK tests use the LDK rail).
+#[derive(Debug, Clone)]
+pub struct PaidNet {
+    /// The in-memory payment network relays and clients join.
+    pub rails: MemoryNetwork,
+    /// Relay price per MiB, msat.
+    pub msat_per_mib: u64,
+    /// Relay price per minute, msat.
+    pub msat_per_min: u64,
+    /// Relay grace, KiB.
+    pub grace_kib: u32,
+    /// Relay indices that charge `overpriced` per MiB instead (above a client's cap).
+    pub overpriced: Vec<usize>,
+    /// Price per MiB of the overpriced relays, msat.
+    pub overpriced_msat_per_mib: u64,
+    /// The started client pays (with the budget of [`client_config`] unless changed).
+    pub client_pays: bool,
+    /// The started client's budget, msat.
+    pub client_budget_msat: u64,
+    /// How clients pay.
+    pub payer: PayerConfig,
+}
+
+impl Default for PaidNet {
+    fn default() -> Self {
+        PaidNet {
+            rails: MemoryNetwork::new(),
+            msat_per_mib: 1_000,
+            msat_per_min: 60,
+            // Loopback moves tens of MiB/s: the grace and the chunk must cover what flows
+            // while a payment is on its way.
+            grace_kib: 2048,
+            overpriced: Vec::new(),
+            overpriced_msat_per_mib: 1_000_000,
+            client_pays: true,
+            client_budget_msat: 1_000_000,
+            payer: PayerConfig {
+                chunk_msat: 4_000,
+                jitter: Duration::from_millis(100),
+                ..PayerConfig::default()
+            },
+        }
+    }
+}
+
+/// The test-rail node id of relay `i`.
+pub fn relay_node_id(i: usize) -> NodeId {
+    let mut id = [0u8; 33];
+    id[0] = 2;
+    id[1..9].copy_from_slice(&(i as u64).to_be_bytes());
+    NodeId(id)
+}
+
+/// The test-rail node id of client `name`.
+pub fn client_node_id(name: &str) -> NodeId {
+    let mut id = [0u8; 33];
+    id[0] = 3;
+    for (d, b) in id[1..].iter_mut().zip(name.bytes()) {
+        *d = b;
+    }
+    NodeId(id)
 }
 
 impl Default for LocalNetConfig {
@@ -54,6 +129,7 @@ impl Default for LocalNetConfig {
             http: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             dir: None,
             relay_threads: Some(2),
+            paid: None,
         }
     }
 }
@@ -86,6 +162,7 @@ pub struct LocalNet {
     /// The client.
     pub client: Option<ClientHandle>,
     dir: PathBuf,
+    paid: Option<PaidNet>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -178,12 +255,25 @@ impl LocalNet {
         let mut relays = Vec::new();
         let mut identities = Vec::new();
         for i in 0..cfg.relays {
-            let rc = relay_config(i, i < cfg.exits, &testnet.bootstrap, &dir);
+            let mut rc = relay_config(i, i < cfg.exits, &testnet.bootstrap, &dir);
             let data_dir = rc.data_dir.clone();
-            let opts = RelayOptions {
+            let mut opts = RelayOptions {
                 worker_threads: cfg.relay_threads,
                 ..RelayOptions::default()
             };
+            if let Some(p) = &cfg.paid {
+                rc.prices.msat_per_mib = if p.overpriced.contains(&i) {
+                    p.overpriced_msat_per_mib
+                } else {
+                    p.msat_per_mib
+                };
+                rc.prices.msat_per_min = p.msat_per_min;
+                rc.prices.grace_kib = p.grace_kib;
+                opts.payments = Some(RelayPayments {
+                    rail: Arc::new(p.rails.node(relay_node_id(i), 0)),
+                    ledger_dir: onionvpn_relay::payments::ledger_dir(&data_dir),
+                });
+            }
             let r = start_relay_with(rc, data_dir, opts)
                 .await
                 .map_err(|e| LocalNetError::Relay(i, e))?;
@@ -217,12 +307,23 @@ impl LocalNet {
             http,
             client: None,
             dir,
+            paid: cfg.paid.clone(),
             _tmp: tmp,
         };
         if let Some((hops, socks)) = cfg.client {
-            let client = net
-                .start_client("client", hops, socks, client_options())
-                .await?;
+            let opts = match &cfg.paid {
+                Some(p) if p.client_pays => net.paying_options("client", 10_000_000_000),
+                _ => client_options(),
+            };
+            let client = match &cfg.paid {
+                Some(p) => {
+                    let mut c =
+                        client_config(hops, socks, &net.testnet.bootstrap, net.dir.join("client"));
+                    c.budget_msat = p.client_budget_msat;
+                    start_client_with(c, opts).await?
+                }
+                None => net.start_client("client", hops, socks, opts).await?,
+            };
             client.wait_ready(Duration::from_secs(60)).await?;
             net.client = Some(client);
         }
@@ -245,6 +346,29 @@ impl LocalNet {
     ) -> Result<ClientHandle, LocalNetError> {
         let c = client_config(hops, socks, &self.testnet.bootstrap, self.dir.join(name));
         Ok(start_client_with(c, opts).await?)
+    }
+
+    /// Client options that pay through the network's test rail from a node named `name`
+    /// holding `balance_msat` ([`client_options`] if the network is free).
+    pub fn paying_options(&self, name: &str, balance_msat: u64) -> ClientOptions {
+        let mut o = client_options();
+        if let Some(p) = &self.paid {
+            o.payments = Some(ClientPayments {
+                rail: Arc::new(p.rails.node(client_node_id(name), balance_msat)),
+                payer: p.payer.clone(),
+            });
+        }
+        o
+    }
+
+    /// The earnings ledger of every running paid relay.
+    pub fn ledgers(&self) -> Vec<Ledger> {
+        self.relays().filter_map(RelayHandle::ledger).collect()
+    }
+
+    /// The directory holding relay and client state.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The client (panics in tests if none was started; use `client` otherwise).
