@@ -22,3 +22,6 @@ pub use rail::{
     Balances, KeysendRequest, NodeId, PaymentId, PaymentRail, RailFuture, Received, Sent,
     TOKEN_TLV_TYPE,
 };
+
+#[cfg(feature = "ldk")]
+pub mod ldk;

@@ -7,6 +7,7 @@ pub mod http;
 pub mod metrics;
 pub mod netns;
 pub mod rawlink;
+pub mod regtest;
 pub mod socksc;
 
 use std::net::{Ipv4Addr, SocketAddr};
