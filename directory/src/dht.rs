@@ -256,6 +256,8 @@ async fn fetch_inner(addr: SocketAddr) -> Result<Served, FetchError> {
 pub async fn serve_descriptors(listener: TcpListener, content: Arc<RwLock<Served>>) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait instead of spinning on the error.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let content = content.clone();
@@ -267,10 +269,17 @@ pub async fn serve_descriptors(listener: TcpListener, content: Arc<RwLock<Served
                     return Ok(());
                 }
                 let c = content.read().await.clone();
+                // Lengths that do not fit their fields would desynchronise the reader: serve
+                // nothing rather than a truncated length.
+                let (Ok(own_len), Ok(pex_len)) =
+                    (u16::try_from(c.own.len()), u32::try_from(c.pex.len()))
+                else {
+                    return Ok(());
+                };
                 let mut out = Vec::with_capacity(6 + c.own.len() + c.pex.len());
-                out.extend_from_slice(&(c.own.len() as u16).to_be_bytes());
+                out.extend_from_slice(&own_len.to_be_bytes());
                 out.extend_from_slice(&c.own);
-                out.extend_from_slice(&(c.pex.len() as u32).to_be_bytes());
+                out.extend_from_slice(&pex_len.to_be_bytes());
                 out.extend_from_slice(&c.pex);
                 s.write_all(&out).await?;
                 s.shutdown().await

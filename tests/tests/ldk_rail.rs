@@ -3,11 +3,13 @@
 //! Needs `npm ci --ignore-scripts --prefix tools/regtest` (CI does it); fails otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use onionvpn_pay::ldk::LdkRail;
 use onionvpn_pay::{KeysendRequest, PayError, PaymentRail, Received};
 use onionvpn_proto::ext::PaymentToken;
+use onionvpn_tests::http::hex;
 use onionvpn_tests::regtest::{wait_usable, Regtest, NODE_DEADLINE};
 
 /// Channel size for the tests, in satoshi.
@@ -56,7 +58,6 @@ async fn keysend_carries_token_and_amount_and_forget_prunes() {
     // The seed file ldk-node writes read-only is 0600 (project rule for key files).
     #[cfg(unix)]
     for who in ["client", "relay"] {
-        use std::os::unix::fs::PermissionsExt;
         let seed = dir.path().join(who).join("lightning/keys_seed");
         let mode = std::fs::metadata(&seed).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{who} seed mode {mode:o}");
@@ -93,6 +94,26 @@ async fn keysend_carries_token_and_amount_and_forget_prunes() {
         .await
         .expect("1 msat keysend");
     assert_eq!(next(&relay).await.id, sent.id);
+
+    // The nodes' own logs say what happened (connections, payments) without naming the
+    // peer: no address, no node id.
+    let relay_id = hex(&relay.node_id().0);
+    for who in ["client", "relay"] {
+        let log =
+            std::fs::read_to_string(dir.path().join(who).join("lightning/ldk_node.log")).unwrap();
+        assert!(log.lines().count() > 10, "{who}: log too short:\n{log}");
+        assert!(log.contains("[scrubbed]"), "{who}: nothing was redacted");
+        assert!(!log.contains("127.0.0.1"), "{who}: an address in the log");
+        assert!(
+            !log.contains(&relay_id),
+            "{who}: the relay's node id in the log"
+        );
+        let mode = std::fs::metadata(dir.path().join(who).join("lightning/ldk_node.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{who} log mode {mode:o}");
+    }
 
     client.stop().await.unwrap();
     relay.stop().await.unwrap();

@@ -24,6 +24,7 @@ const MAX_ALIAS_LEN: usize = 32;
 /// storage = "lightning"        # a directory inside the data dir
 /// log_level = "info"
 /// max_routing_fee_msat = 5000
+/// log_sensitive = false        # true: addresses and ids in the node's log in clear
 /// [lightning.bitcoind]         # or [lightning.esplora] url = "https://…"
 /// host = "127.0.0.1"
 /// port = 18443
@@ -57,6 +58,10 @@ pub struct LdkConfig {
     /// Upper bound on routing fees for any payment this node makes, in millisatoshi.
     #[serde(default = "default_max_routing_fee_msat")]
     pub max_routing_fee_msat: u64,
+    /// Write peers' addresses and node, channel and payment ids to the node's log file in
+    /// clear. Off by default: on a client they name the relays it pays.
+    #[serde(default)]
+    pub log_sensitive: bool,
 }
 
 fn default_storage() -> PathBuf {
@@ -158,6 +163,8 @@ pub struct ValidConfig {
     pub log_level: LdkLogLevel,
     /// Routing-fee cap in millisatoshi.
     pub max_routing_fee_msat: u64,
+    /// Log addresses and ids in clear.
+    pub log_sensitive: bool,
 }
 
 fn invalid(what: &'static str, detail: String) -> PayError {
@@ -176,6 +183,7 @@ impl LdkConfig {
             storage: default_storage(),
             log_level: LdkLogLevel::Info,
             max_routing_fee_msat: default_max_routing_fee_msat(),
+            log_sensitive: false,
         }
     }
 
@@ -251,6 +259,7 @@ impl LdkConfig {
             storage_dir: data_dir.join(&self.storage),
             log_level: self.log_level,
             max_routing_fee_msat: self.max_routing_fee_msat,
+            log_sensitive: self.log_sensitive,
         })
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 mod events;
+mod log;
 mod wallet;
 
 use std::collections::HashMap;
@@ -271,16 +272,18 @@ fn build_node(cfg: &ValidConfig, handle: tokio::runtime::Handle) -> Result<Node,
         LdkNetwork::Regtest => Network::Regtest,
     });
     b.set_storage_dir_path(storage.to_owned());
-    b.set_filesystem_logger(
-        Some(format!("{storage}/{LOG_FILE}")),
-        Some(match cfg.log_level {
-            LdkLogLevel::Trace => LogLevel::Trace,
-            LdkLogLevel::Debug => LogLevel::Debug,
-            LdkLogLevel::Info => LogLevel::Info,
-            LdkLogLevel::Warn => LogLevel::Warn,
-            LdkLogLevel::Error => LogLevel::Error,
-        }),
-    );
+    let level = match cfg.log_level {
+        LdkLogLevel::Trace => LogLevel::Trace,
+        LdkLogLevel::Debug => LogLevel::Debug,
+        LdkLogLevel::Info => LogLevel::Info,
+        LdkLogLevel::Warn => LogLevel::Warn,
+        LdkLogLevel::Error => LogLevel::Error,
+    };
+    b.set_custom_logger(Arc::new(log::RedactingLog::new(
+        cfg.storage_dir.join(LOG_FILE),
+        level,
+        cfg.log_sensitive,
+    )));
     match &cfg.chain {
         ChainSource::Esplora(url) => {
             b.set_chain_source_esplora(url.clone(), None);
