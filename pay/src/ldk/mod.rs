@@ -336,12 +336,13 @@ fn lock_store(dir: &Path) -> Result<std::fs::File, PayError> {
         .write(true)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| io_err("opening the store lock", e))?;
-    match f.try_lock() {
+    // flock(2), not `File::try_lock`: the crate's MSRV (1.85) predates it.
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(PayError::StoreInUse {
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(PayError::StoreInUse {
             path: dir.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking the store", e)),
+        Err(e) => Err(io_err("locking the store", e.into())),
     }
 }
 
