@@ -375,7 +375,8 @@ impl CircuitPayer {
         if self.cfg.max_chunk_msat <= base {
             return base;
         }
-        let horizon = (h.latency.unwrap_or_default() + self.cfg.jitter).saturating_mul(CHUNK_HORIZONS);
+        let horizon =
+            (h.latency.unwrap_or_default() + self.cfg.jitter).saturating_mul(CHUNK_HORIZONS);
         self.use_during(h, horizon)
             .clamp(base, self.cfg.max_chunk_msat)
     }
@@ -850,7 +851,11 @@ mod tests {
     /// every 10 ms) where each payment takes `latency` to confirm. Returns the payer, the
     /// largest shortfall (owed − paid) after the first second, and the largest amount at
     /// risk (paid + in flight − owed) seen.
-    fn run_with_latency(cfg: PayerConfig, latency: Duration, secs: u64) -> (CircuitPayer, u64, u64) {
+    fn run_with_latency(
+        cfg: PayerConfig,
+        latency: Duration,
+        secs: u64,
+    ) -> (CircuitPayer, u64, u64) {
         let mut rng = StdRng::seed_from_u64(21);
         let t0 = Instant::now();
         let mut p = CircuitPayer::new(cfg, &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
@@ -860,7 +865,8 @@ mod tests {
         for s in 0..secs * 100 {
             let now = t0 + Duration::from_millis(10 * s);
             p.carried(100 * 1024);
-            let (done, wait): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(at, _, _)| *at <= now);
+            let (done, wait): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|(at, _, _)| *at <= now);
             pending = wait;
             for (_, id, _) in done {
                 p.on_result(id, PayResult::Sent { fee_msat: 0 }, now, &mut b, &mut rng);
@@ -886,7 +892,10 @@ mod tests {
         // Fixed chunk of 1000 msat (1 MiB at 1000 msat/MiB): at 10 MiB/s a 300 ms payment
         // arrives MiBs late.
         let (_, fixed_short, _) = run_with_latency(c.clone(), latency, 5);
-        assert!(fixed_short > 2_000, "fixed chunk short by only {fixed_short}");
+        assert!(
+            fixed_short > 2_000,
+            "fixed chunk short by only {fixed_short}"
+        );
         // Adaptive: 6 x (300 + 100) ms at ~10 MiB/s = ~23 MiB = ~23,000 msat ahead; the hop
         // is never behind after the first second and never more than the cap is at risk.
         c.max_chunk_msat = 50_000;
@@ -915,7 +924,13 @@ mod tests {
         let mut b = Budget::new(None, 0);
         let o = orders(&p.poll(t0, &mut b, &mut rng));
         let t1 = t0 + Duration::from_secs(2);
-        p.on_result(o[0].id, PayResult::Sent { fee_msat: 0 }, t1, &mut b, &mut rng);
+        p.on_result(
+            o[0].id,
+            PayResult::Sent { fee_msat: 0 },
+            t1,
+            &mut b,
+            &mut rng,
+        );
         assert!(orders(&p.poll(t1, &mut b, &mut rng)).is_empty());
         // A 2 s latency with no bytes flowing: only the per-minute price for 12 s (12 msat),
         // below the base chunk.

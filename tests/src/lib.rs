@@ -20,7 +20,7 @@ use onionvpn_client::config::{ClientConfig, NetworkChoice};
 use onionvpn_client::PaymentsSetup as ClientPayments;
 use onionvpn_client::{start_client_with, ClientHandle, RuntimeOptions as ClientOptions};
 use onionvpn_directory::descriptor::Prices;
-use onionvpn_pay::ldk::ldk_node::payment::{PaymentDirection, PaymentStatus};
+use onionvpn_pay::ldk::ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use onionvpn_pay::ledger::Ledger;
 use onionvpn_pay::memory::MemoryNetwork;
 use onionvpn_pay::payer::PayerConfig;
@@ -103,11 +103,16 @@ impl Rails {
         }
     }
 
-    /// Payments held in the store of client `name`'s node (sent, not yet forgotten).
+    /// Keysend payments still held in the store of client `name`'s node (sent, not yet
+    /// forgotten; ldk-node also keeps a record per on-chain transaction, not counted here).
     pub fn client_stored(&self, name: &str) -> usize {
         match self {
             Rails::Memory(m) => m.stored(client_node_id(name)),
-            Rails::Ldk(l) => l.client().node().list_payments().len(),
+            Rails::Ldk(l) => l
+                .client()
+                .node()
+                .list_payments_with_filter(|p| matches!(p.kind, PaymentKind::Spontaneous { .. }))
+                .len(),
         }
     }
 }

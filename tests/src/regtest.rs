@@ -297,9 +297,9 @@ impl Regtest {
         Ok(LdkRail::start(&cfg, dir).await?)
     }
 
-    /// Opens a channel of `sats` from `from` to each of `to` (each funded by its own coinbase
-    /// output of `from`, see [`Regtest::fund_outputs`]), mines them all in one go and waits
-    /// until every channel is usable on both sides.
+    /// Opens a channel of `sats` from `from` to each of `to` (confirming each funding
+    /// transaction before the next open), mines them deep enough and waits until every
+    /// channel is usable on both sides.
     pub async fn open_channels(
         &self,
         from: &LdkRail,
@@ -321,6 +321,11 @@ impl Regtest {
                 matches!(e, ChannelEvent::Pending { .. })
             })
             .await?;
+            // ldk-node's wallet does not count its own unconfirmed funding transaction as
+            // spending its input: the next open would pick the same coin (a double spend
+            // the chain refuses). One block and a sync make the spend known.
+            self.mine(1)?;
+            from.sync().await?;
         }
         self.mine(CHANNEL_DEPTH)?;
         for peer in to {
@@ -506,6 +511,72 @@ pub fn regtest_config(
     Ok(LdkConfig::regtest(chain.bitcoind_config(), listen).validate(dir)?)
 }
 
+/// Real Lightning nodes for a paid local network: a regtest chain, one LDK node per relay
+/// and one for the client, and a funded channel from the client to every relay (direct
+/// channels: an ldk-node without an alias opens only unannounced channels and does not route
+/// to them, and a routing relay would learn which later hops the client pays).
+pub struct LdkNet {
+    /// The chain (kept running as long as the nodes).
+    pub chain: Regtest,
+    relays: Vec<Arc<LdkRail>>,
+    client: Arc<LdkRail>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LdkNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdkNet")
+            .field("relays", &self.relays.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LdkNet {
+    /// Starts the chain and `relays` + 1 nodes, funds the client and opens a channel of
+    /// `channel_sat` from it to every relay; returns when every channel is usable.
+    pub async fn start(relays: usize, channel_sat: u64) -> Result<LdkNet, RegtestError> {
+        let dir = tempfile::tempdir().map_err(|e| RegtestError::Io("temporary directory", e))?;
+        let chain = Regtest::start()?;
+        let client = chain.start_rail(&dir.path().join("client")).await?;
+        let mut rs = Vec::new();
+        for i in 0..relays {
+            rs.push(
+                chain
+                    .start_rail(&dir.path().join(format!("relay{i}")))
+                    .await?,
+            );
+        }
+        chain.fund_outputs(&client, relays as u64).await?;
+        let peers: Vec<&LdkRail> = rs.iter().map(|r| r.as_ref()).collect();
+        chain.open_channels(&client, &peers, channel_sat).await?;
+        Ok(LdkNet {
+            chain,
+            relays: rs,
+            client,
+            _dir: dir,
+        })
+    }
+
+    /// Relay `i`'s node.
+    pub fn relay(&self, i: usize) -> Option<Arc<LdkRail>> {
+        self.relays.get(i).cloned()
+    }
+
+    /// The client's node.
+    pub fn client(&self) -> Arc<LdkRail> {
+        self.client.clone()
+    }
+
+    /// Stops every node.
+    pub async fn stop(&self) {
+        for r in self.relays.iter().chain(std::iter::once(&self.client)) {
+            if let Err(e) = r.stop().await {
+                eprintln!("stopping an LDK node: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -539,67 +610,5 @@ mod tests {
         let rb = to_bcoin_address(a).unwrap();
         assert!(rb.starts_with("rb1q"));
         assert!(burn_address().starts_with("rb1q"));
-    }
-}
-
-/// Real Lightning nodes for a paid local network: a regtest chain, one LDK node per relay
-/// and one for the client, and a funded channel from the client to every relay (direct
-/// channels: an ldk-node without an alias opens only unannounced channels and does not route
-/// to them, and a routing relay would learn which later hops the client pays).
-pub struct LdkNet {
-    /// The chain (kept running as long as the nodes).
-    pub chain: Regtest,
-    relays: Vec<Arc<LdkRail>>,
-    client: Arc<LdkRail>,
-    _dir: tempfile::TempDir,
-}
-
-impl std::fmt::Debug for LdkNet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LdkNet")
-            .field("relays", &self.relays.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl LdkNet {
-    /// Starts the chain and `relays` + 1 nodes, funds the client and opens a channel of
-    /// `channel_sat` from it to every relay; returns when every channel is usable.
-    pub async fn start(relays: usize, channel_sat: u64) -> Result<LdkNet, RegtestError> {
-        let dir = tempfile::tempdir().map_err(|e| RegtestError::Io("temporary directory", e))?;
-        let chain = Regtest::start()?;
-        let client = chain.start_rail(&dir.path().join("client")).await?;
-        let mut rs = Vec::new();
-        for i in 0..relays {
-            rs.push(chain.start_rail(&dir.path().join(format!("relay{i}"))).await?);
-        }
-        chain.fund_outputs(&client, relays as u64).await?;
-        let peers: Vec<&LdkRail> = rs.iter().map(|r| r.as_ref()).collect();
-        chain.open_channels(&client, &peers, channel_sat).await?;
-        Ok(LdkNet {
-            chain,
-            relays: rs,
-            client,
-            _dir: dir,
-        })
-    }
-
-    /// Relay `i`'s node.
-    pub fn relay(&self, i: usize) -> Option<Arc<LdkRail>> {
-        self.relays.get(i).cloned()
-    }
-
-    /// The client's node.
-    pub fn client(&self) -> Arc<LdkRail> {
-        self.client.clone()
-    }
-
-    /// Stops every node.
-    pub async fn stop(&self) {
-        for r in self.relays.iter().chain(std::iter::once(&self.client)) {
-            if let Err(e) = r.stop().await {
-                eprintln!("stopping an LDK node: {e}");
-            }
-        }
     }
 }

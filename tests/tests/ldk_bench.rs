@@ -244,7 +244,9 @@ async fn paid_vs_unpaid_throughput_and_store_growth() {
         ..PaidNet::default()
     };
     let free = LocalNet::start(local(None)).await.unwrap();
-    let paid = LocalNet::start(local(Some(paid_cfg.clone()))).await.unwrap();
+    let paid = LocalNet::start(local(Some(paid_cfg.clone())))
+        .await
+        .unwrap();
     let client = ldk.client();
     let relays: Vec<Arc<LdkRail>> = (0..RELAYS).map(|i| ldk.relay(i).unwrap()).collect();
     let c0 = store_of(&client);
@@ -273,7 +275,10 @@ async fn paid_vs_unpaid_throughput_and_store_growth() {
         }
     }
     let (fm, pm) = (median(&mut f.clone()), median(&mut p.clone()));
-    let (fs, ps): (f64, f64) = (f.iter().sum::<f64>() / f.len() as f64, p.iter().sum::<f64>() / p.len() as f64);
+    let (fs, ps): (f64, f64) = (
+        f.iter().sum::<f64>() / f.len() as f64,
+        p.iter().sum::<f64>() / p.len() as f64,
+    );
     println!(
         "throughput, {ROUNDS} rounds of {ROUND_MIB} MiB each, 3 hops: unpaid median {fm:.1} MiB/s (mean {fs:.1}), \
          paid (LDK) median {pm:.1} MiB/s (mean {ps:.1}); paid/unpaid median {:.3}, mean {:.3}",

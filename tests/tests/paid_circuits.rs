@@ -155,7 +155,10 @@ async fn scenarios(paid: PaidNet) {
     let pays = first.circuit_manager().payments().unwrap().clone();
     first.shutdown().await;
     assert!(
-        eventually(Duration::from_secs(60), || paid.rails.client_in_flight("client") == 0
+        eventually(Duration::from_secs(60), || paid
+            .rails
+            .client_in_flight("client")
+            == 0
             && total_earned(&net) == pays.spent_msat())
         .await,
         "client spent {} msat, relays recorded {}",
@@ -266,10 +269,16 @@ async fn paying_client_credits_each_hop_by_its_terms(net: &LocalNet, paid: &Paid
         }
     }
     // The client prunes what it paid from its node's store.
-    let stored = paid.rails.client_stored("client");
+    // The client prunes what it paid from its node's store (a moment after each success):
+    // what stays is bounded by the circuits' hops, not by the payments made.
+    let pruned = eventually(Duration::from_secs(30), || {
+        paid.rails.client_stored("client") <= 3 * client.circuit_manager().circuits().len()
+    })
+    .await;
     assert!(
-        stored <= 3 * client.circuit_manager().circuits().len(),
-        "{stored} payments kept"
+        pruned,
+        "{} payments kept",
+        paid.rails.client_stored("client")
     );
 }
 
@@ -292,7 +301,9 @@ async fn client_that_does_not_pay_loses_its_circuit(net: &LocalNet, paid: &PaidN
         "{got} bytes unpaid, grace {grace}"
     );
     assert!(
-        eventually(Duration::from_secs(30), || payment_required(net) > cut_before).await,
+        eventually(Duration::from_secs(30), || payment_required(net)
+            > cut_before)
+        .await,
         "no relay cut the unpaid circuit"
     );
     // Nothing further: the circuit that carried the stream is gone (or going), and
@@ -337,7 +348,9 @@ async fn client_stops_at_its_budget_and_cap(net: &LocalNet, rails: &Rails, settl
     // What the relays received from this client: within its budget (after its payments in
     // flight settled), and the overpriced relay was never used, so never paid.
     assert!(
-        eventually(Duration::from_secs(60), || rails.client_in_flight("thrifty") == 0
+        eventually(Duration::from_secs(60), || rails
+            .client_in_flight("thrifty")
+            == 0
             && total_earned(net) == settled + pays.spent_msat())
         .await,
         "client spent {} msat, relays recorded {} more",
