@@ -19,10 +19,11 @@ use onionvpn_client::{start_client_with, ClientHandle};
 use onionvpn_pay::account::price;
 use onionvpn_proto::consts::CELL_BODY_LEN;
 use onionvpn_relay::control::query_status;
-use onionvpn_tests::http::{get, read_head};
+use onionvpn_tests::fetch;
+use onionvpn_tests::http::read_head;
 use onionvpn_tests::metrics::scrape;
 use onionvpn_tests::regtest::LdkNet;
-use onionvpn_tests::{client_options, socksc, LocalNet, LocalNetConfig, PaidNet, Rails};
+use onionvpn_tests::{client_options, LocalNet, LocalNetConfig, PaidNet, Rails};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -52,18 +53,9 @@ fn loopback() -> SocketAddr {
 /// early end of the stream counts what arrived before it).
 async fn download(net: &LocalNet, client: &ClientHandle, len: u64) -> Result<u64, String> {
     let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
-        client.socks_addr(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await
-    .map_err(|e| format!("socks: {e}"))?;
-    match tokio::time::timeout(LIMIT, get(&mut s, "test", &format!("/bytes/{len}"), false)).await {
-        Ok(Ok(d)) => Ok(d.len),
-        Ok(Err(e)) => Err(format!("download: {e}")),
-        Err(_) => Err("download hung".into()),
+    match fetch::download(client.socks_addr(), http, len, LIMIT, false).await {
+        Ok(d) => Ok(d.len),
+        Err(e) => Err(format!("{e:?}")),
     }
 }
 
@@ -71,14 +63,7 @@ async fn download(net: &LocalNet, client: &ClientHandle, len: u64) -> Result<u64
 /// stream ends for whatever reason (0 if it never started).
 async fn download_counting(net: &LocalNet, client: &ClientHandle, len: u64) -> u64 {
     let http = net.http_addr().unwrap();
-    let Ok(mut s) = socksc::connect(
-        client.socks_addr(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await
-    else {
+    let Ok(mut s) = fetch::open(client.socks_addr(), http, None).await else {
         return 0;
     };
     let req = format!("GET /bytes/{len} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
@@ -332,14 +317,7 @@ async fn client_stops_at_its_budget_and_cap(net: &LocalNet, rails: &Rails, settl
         pays.spent_msat()
     );
     // New streams are refused with an error.
-    let http = net.http_addr().unwrap();
-    let r = socksc::connect(
-        client.socks_addr(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await;
+    let r = fetch::open(client.socks_addr(), net.http_addr().unwrap(), None).await;
     assert!(
         r.is_err(),
         "a new stream was accepted after the budget was reached"
