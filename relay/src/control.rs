@@ -18,9 +18,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
-use tokio::sync::{watch, Semaphore};
-use tracing::debug;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::local_endpoint::{self, Limits};
 
 use onionvpn_pay::ldk::wallet_cmd::{self, WalletAnswer, WalletCommand};
 use onionvpn_pay::ldk::LdkRail;
@@ -162,34 +163,21 @@ pub async fn serve(
     path: PathBuf,
     status: Arc<dyn Fn() -> StatusReport + Send + Sync>,
     wallet: Option<WalletAccess>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    // The whole exchange may last as long as a wallet command; reading the request line is
+    // bounded by IO_TIMEOUT below, so a client that sends nothing frees its slot as before.
+    let limits = Limits {
+        name: "control",
+        concurrent: MAX_CONCURRENT,
+        io_timeout: WALLET_TIMEOUT + IO_TIMEOUT,
+    };
     let wallet = wallet.map(Arc::new);
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let mut sock = tokio::select! {
-            _ = shutdown.changed() => break,
-            acc = listener.accept() => match acc {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    debug!("control accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let handle = move |mut sock: UnixStream| {
         let status = status.clone();
         let wallet = wallet.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let read = tokio::time::timeout(IO_TIMEOUT, async {
+        async move {
+            let buf = tokio::time::timeout(IO_TIMEOUT, async {
                 let mut buf = Vec::with_capacity(64);
                 let mut byte = [0u8; 1];
                 while buf.len() < MAX_REQUEST {
@@ -200,16 +188,14 @@ pub async fn serve(
                 }
                 Ok::<_, std::io::Error>(buf)
             })
-            .await;
-            let Ok(Ok(buf)) = read else { return };
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             let text = answer(&buf, || status(), wallet.as_deref()).await;
-            let _ = tokio::time::timeout(IO_TIMEOUT, async {
-                sock.write_all(text.as_bytes()).await?;
-                sock.shutdown().await
-            })
-            .await;
-        });
-    }
+            sock.write_all(text.as_bytes()).await?;
+            sock.shutdown().await
+        }
+    };
+    local_endpoint::serve(listener, limits, handle, shutdown).await;
     let _ = std::fs::remove_file(&path);
 }
 

@@ -53,6 +53,11 @@ pub fn summary_path(ledger_dir: &std::path::Path) -> PathBuf {
     ledger_dir.with_extension("summary")
 }
 
+/// How long start-up waits for the ledger's lock: a relay restarted in the same process
+/// finds it held for up to half a second by the previous run's sled flusher (a blocking
+/// wait, at start-up only).
+const LEDGER_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Live payment state of a relay.
 pub(crate) struct Payments {
     rail: Arc<dyn PaymentRail>,
@@ -65,7 +70,7 @@ impl Payments {
     pub(crate) fn open(setup: &PaymentsSetup) -> Result<Payments, PayError> {
         Ok(Payments {
             rail: setup.rail.clone(),
-            ledger: Ledger::open(&setup.ledger_dir)?,
+            ledger: Ledger::open_waiting(&setup.ledger_dir, LEDGER_LOCK_WAIT)?,
             routes: Mutex::new(HashMap::new()),
             summary: summary_path(&setup.ledger_dir),
         })
@@ -127,6 +132,11 @@ impl Payments {
             };
             if let Err(e) = self.rail.ack_received(p.id) {
                 warn!("acknowledging a payment: {e}");
+            }
+            // The ledger holds it now: prune the node's own record (one per payment, the
+            // store would otherwise grow with every payment the relay ever received).
+            if let Err(e) = self.rail.forget(p.id) {
+                debug!("forgetting a received payment: {e}");
             }
             if recorded == Recorded::New {
                 self.write_summary();
@@ -236,6 +246,8 @@ mod tests {
         assert_eq!(p.ledger.token_msat(&PaymentToken([1; 16])).unwrap(), 1000);
         // Everything acknowledged: nothing left to deliver.
         until(|| futures_ready(relay.next_received()).is_none()).await;
+        // Recorded payments are pruned from the node's store.
+        until(|| net.stored(NodeId([2; 33])) == 0).await;
         let summary = std::fs::read_to_string(summary_path(&setup.ledger_dir)).unwrap();
         assert!(summary.contains("total: 1050 msat"), "{summary}");
         tx.send(true).unwrap();
