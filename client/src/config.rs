@@ -71,7 +71,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "lightning",
-        "a table of Lightning node settings: network, esplora.url or bitcoind.{host,port,user,password}, listen, alias, storage, log_level, max_routing_fee_msat",
+        "a table of Lightning node settings: network, esplora.url or bitcoind.{host,port,user,password}, listen, alias, storage, log_level, log_sensitive, max_routing_fee_msat",
     ),
 ];
 

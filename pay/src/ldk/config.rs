@@ -22,6 +22,7 @@ pub const KEYS: &[&str] = &[
     "esplora.url",
     "listen",
     "log_level",
+    "log_sensitive",
     "max_routing_fee_msat",
     "network",
     "storage",
