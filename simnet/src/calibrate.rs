@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use onionvpn_chan::{ChannelConfig, IncomingCreate};
 use onionvpn_pay::account::Account;
 use onionvpn_proto::cell::{Cell, ChanCmd};
-use onionvpn_proto::circuit::{ClientCircuit, ClientConfig, HopTarget, RelayCircuit, RelayKeys};
 use onionvpn_proto::circuit::RelayPolicy;
+use onionvpn_proto::circuit::{ClientCircuit, ClientConfig, HopTarget, RelayCircuit, RelayKeys};
 use onionvpn_proto::consts::{CELL_BODY_LEN, CELL_LEN};
 use onionvpn_proto::crypto::handshake::{OnionSecretKey, ReplayCache};
 use onionvpn_proto::crypto::layer::{ClientCircuitCrypto, HopKeys, RelayCircuitCrypto};
@@ -281,10 +281,7 @@ fn link_cell(e: Effort) -> Result<(f64, f64), SimError> {
             .await
             .map_err(|x| err("accept", &x))?
             .map_err(|x| err("accept", &x))?;
-        let (id, _rx) = client
-            .open_circuit()
-            .await
-            .map_err(|x| err("open", &x))?;
+        let (id, _rx) = client.open_circuit().await.map_err(|x| err("open", &x))?;
         client
             .send(Cell::new(id, ChanCmd::Create))
             .await

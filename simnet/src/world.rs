@@ -1413,7 +1413,10 @@ impl World {
             return;
         };
         let port = self.sc.traffic[dl.class].port;
-        let target = match (Hostname::from_bytes(DEST_HOST.as_bytes()), NonZeroU16::new(port)) {
+        let target = match (
+            Hostname::from_bytes(DEST_HOST.as_bytes()),
+            NonZeroU16::new(port),
+        ) {
             (Ok(h), Some(port)) => Target {
                 host: Host::Name(h),
                 port,

@@ -132,7 +132,11 @@ fn through(o: &Outputs, adv: &BTreeSet<u32>, forwarding_only: bool) -> BTreeSet<
         .iter()
         .filter(|c| {
             let p = path(&c.path);
-            let n = if forwarding_only { p.len() - 1 } else { p.len() };
+            let n = if forwarding_only {
+                p.len() - 1
+            } else {
+                p.len()
+            };
             p[..n].iter().any(|r| adv.contains(r))
         })
         .map(|c| c.circuit)

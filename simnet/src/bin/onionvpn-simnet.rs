@@ -64,8 +64,13 @@ fn calibrate(quick: bool) -> ExitCode {
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             let load = load.split_whitespace().next().unwrap_or("?").to_string();
             let cmd = format!(
-                "cargo run --release -p onionvpn-simnet -- calibrate{} > simnet/calibration.toml",
-                if quick { " --quick" } else { "" }
+                "onionvpn-simnet calibrate{} > simnet/calibration.toml ({} build)",
+                if quick { " --quick" } else { "" },
+                if cfg!(debug_assertions) {
+                    "debug-assertions (dev or test profile)"
+                } else {
+                    "release"
+                }
             );
             let measured = format!(
                 "{} ({cores} cores, load average {load} at the end)",
