@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use onionvpn_chan::{accept, connect, ChannelConfig, IncomingCreate};
+use onionvpn_chan::{accept, connect, ChannelConfig, ChannelHandle, IncomingCreate};
 use onionvpn_proto::cell::{Cell, ChanCmd, CircId, DestroyReason, LinkSide};
 use onionvpn_proto::consts::{CELL_BODY_LEN, CELL_LEN};
 use onionvpn_proto::link::{FrameDecoder, Link, LinkInitiator, LinkResponder, LinkSecretKey};
@@ -234,20 +234,23 @@ async fn closed_ids_are_forgotten_oldest_first() {
         .await;
 }
 
-#[tokio::test]
-async fn a_create_toward_the_link_initiator_closes_the_channel() {
+/// A channel we initiated (the client side, from `connect`) to a raw peer with `identity`.
+async fn initiator_channel(identity: [u8; 32]) -> (ChannelHandle, Raw) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let secret = LinkSecretKey::generate(&mut rand::rng());
-    let identity = [5u8; 32];
     let link_key = secret.public();
     let config = ChannelConfig::default();
     let (chan, peer) = tokio::join!(
         connect(addr, identity, link_key, &config),
         Raw::accept(&listener, identity, &secret),
     );
-    let chan = chan.unwrap();
-    let mut peer = peer;
+    (chan.unwrap(), peer)
+}
+
+#[tokio::test]
+async fn a_create_toward_the_link_initiator_closes_the_channel() {
+    let (chan, mut peer) = initiator_channel([5u8; 32]).await;
     let (mine, mut rx) = chan.open_circuit().await.unwrap();
     chan.send(Cell::with_body(mine, ChanCmd::Create, &[0; CELL_BODY_LEN]))
         .await
@@ -274,18 +277,7 @@ async fn a_create_toward_the_link_initiator_closes_the_channel() {
 
 #[tokio::test]
 async fn a_relay_cell_for_an_unknown_circuit_closes_an_initiator_channel_too() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let secret = LinkSecretKey::generate(&mut rand::rng());
-    let identity = [6u8; 32];
-    let link_key = secret.public();
-    let config = ChannelConfig::default();
-    let (chan, peer) = tokio::join!(
-        connect(addr, identity, link_key, &config),
-        Raw::accept(&listener, identity, &secret),
-    );
-    let chan = chan.unwrap();
-    let mut peer = peer;
+    let (chan, mut peer) = initiator_channel([6u8; 32]).await;
     let (_mine, mut rx) = chan.open_circuit().await.unwrap();
     peer.send(&[raw_cell(id(LinkSide::Initiator), ChanCmd::Relay, 1)])
         .await;

@@ -11,6 +11,7 @@
 //! but [`Ledger::per_day`] is a single read. Days are UTC days since the Unix epoch; the caller passes the time in.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use onionvpn_proto::ext::{PaymentToken, PAYMENT_TOKEN_LEN};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -73,6 +74,14 @@ pub struct Summary {
     pub entries: u64,
 }
 
+/// Pause between attempts to take a held lock.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// Whether sled refused to open because another handle holds the database's file lock.
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn ledger_err(context: &'static str) -> impl FnOnce(sled::Error) -> PayError {
     move |source| PayError::Ledger { context, source }
 }
@@ -129,6 +138,23 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, PayError> {
         let db = sled::open(path).map_err(ledger_err("opening"))?;
         Self::from_db(db)
+    }
+
+    /// Opens the ledger at `path` like [`Ledger::open`], waiting up to `limit` while its lock
+    /// is held. sled's background flusher keeps the lock of a dropped database until its next
+    /// tick (up to half a second), so a relay restarted within one process must wait for it;
+    /// a lock held longer belongs to another process and is reported as an error.
+    pub fn open_waiting(path: &Path, limit: Duration) -> Result<Ledger, PayError> {
+        let end = Instant::now() + limit;
+        loop {
+            match sled::open(path) {
+                Ok(db) => return Self::from_db(db),
+                Err(e) if is_locked(&e) && Instant::now() < end => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(e) => return Err(ledger_err("opening")(e)),
+            }
+        }
     }
 
     /// A ledger in a temporary directory that sled deletes when dropped (tests, simulator).
@@ -353,7 +379,8 @@ mod tests {
             l.record(&rx(1, 100, Some(1)), 0).unwrap();
             l.record(&rx(2, 200, Some(2)), 0).unwrap();
         }
-        let l = Ledger::open(&dir).unwrap();
+        // Reopened at once, as an in-process restart does.
+        let l = Ledger::open_waiting(&dir, Duration::from_secs(10)).unwrap();
         assert_eq!(
             l.record(&rx(2, 200, Some(2)), 0).unwrap(),
             Recorded::Duplicate

@@ -15,9 +15,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
-use tokio::sync::{watch, Semaphore};
-use tracing::debug;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::local_endpoint::{self, Limits};
 
 use crate::status::StatusReport;
 
@@ -120,46 +121,29 @@ pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     status: Arc<dyn Fn() -> StatusReport + Send + Sync>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let mut sock = tokio::select! {
-            _ = shutdown.changed() => break,
-            acc = listener.accept() => match acc {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    debug!("control accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let limits = Limits {
+        name: "control",
+        concurrent: MAX_CONCURRENT,
+        io_timeout: IO_TIMEOUT,
+    };
+    let handle = move |mut sock: UnixStream| {
         let status = status.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(IO_TIMEOUT, async move {
-                let mut buf = Vec::with_capacity(MAX_REQUEST);
-                let mut byte = [0u8; 1];
-                while buf.len() < MAX_REQUEST {
-                    if sock.read(&mut byte).await? == 0 || byte[0] == b'\n' {
-                        break;
-                    }
-                    buf.push(byte[0]);
+        async move {
+            let mut buf = Vec::with_capacity(MAX_REQUEST);
+            let mut byte = [0u8; 1];
+            while buf.len() < MAX_REQUEST {
+                if sock.read(&mut byte).await? == 0 || byte[0] == b'\n' {
+                    break;
                 }
-                sock.write_all(answer(&buf, || status()).as_bytes()).await?;
-                sock.shutdown().await
-            })
-            .await;
-        });
-    }
+                buf.push(byte[0]);
+            }
+            sock.write_all(answer(&buf, || status()).as_bytes()).await?;
+            sock.shutdown().await
+        }
+    };
+    local_endpoint::serve(listener, limits, handle, shutdown).await;
     let _ = std::fs::remove_file(&path);
 }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tracing::debug;
+use tokio::sync::watch;
 
+use crate::local_endpoint::{self, Limits};
 use crate::runtime::RelayStats;
 use crate::status::Earnings;
 
@@ -306,39 +306,22 @@ async fn read_head(sock: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 pub async fn serve(
     listener: TcpListener,
     body: Arc<dyn Fn() -> String + Send + Sync>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let mut sock = tokio::select! {
-            _ = shutdown.changed() => return,
-            acc = listener.accept() => match acc {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    debug!("metrics accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let limits = Limits {
+        name: "metrics",
+        concurrent: MAX_CONCURRENT,
+        io_timeout: IO_TIMEOUT,
+    };
+    let handle = move |mut sock: TcpStream| {
         let body = body.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(IO_TIMEOUT, async move {
-                let head = read_head(&mut sock).await?;
-                sock.write_all(&respond(&head, || body())).await?;
-                sock.shutdown().await
-            })
-            .await;
-        });
-    }
+        async move {
+            let head = read_head(&mut sock).await?;
+            sock.write_all(&respond(&head, || body())).await?;
+            sock.shutdown().await
+        }
+    };
+    local_endpoint::serve(listener, limits, handle, shutdown).await;
 }
 
 /// Binds the endpoint; the address must be loopback (checked by the config too).

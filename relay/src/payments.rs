@@ -53,6 +53,11 @@ pub fn summary_path(ledger_dir: &std::path::Path) -> PathBuf {
     ledger_dir.with_extension("summary")
 }
 
+/// How long start-up waits for the ledger's lock: a relay restarted in the same process
+/// finds it held for up to half a second by the previous run's sled flusher (a blocking
+/// wait, at start-up only).
+const LEDGER_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Live payment state of a relay.
 pub(crate) struct Payments {
     rail: Arc<dyn PaymentRail>,
@@ -65,7 +70,7 @@ impl Payments {
     pub(crate) fn open(setup: &PaymentsSetup) -> Result<Payments, PayError> {
         Ok(Payments {
             rail: setup.rail.clone(),
-            ledger: Ledger::open(&setup.ledger_dir)?,
+            ledger: Ledger::open_waiting(&setup.ledger_dir, LEDGER_LOCK_WAIT)?,
             routes: Mutex::new(HashMap::new()),
             summary: summary_path(&setup.ledger_dir),
         })

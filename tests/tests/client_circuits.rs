@@ -11,7 +11,7 @@ use onionvpn_client::buildtime::BuildTimeConfig;
 use onionvpn_client::socks::IsolationKey;
 use onionvpn_client::{start_client_with, Recv, Stream};
 use onionvpn_proto::relaymsg::{Host, Target};
-use onionvpn_tests::{client_config, client_options, http, socksc, LocalNet, LocalNetConfig};
+use onionvpn_tests::{client_config, client_options, fetch, http, LocalNet, LocalNetConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -82,16 +82,15 @@ async fn restart_builds_from_the_cache_with_the_dht_unreachable() {
     client.wait_ready(WAIT).await.unwrap();
 
     // And the circuit carries traffic.
-    let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
+    let got = fetch::download(
         client.socks_addr(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
+        net.http_addr().unwrap(),
+        1024,
+        WAIT,
+        true,
     )
     .await
     .unwrap();
-    let got = http::get(&mut s, "t", "/bytes/1024", true).await.unwrap();
     assert_eq!(got.len, 1024);
     assert_eq!(got.sha256, http::content_sha256(1024));
     // Nothing was learned from the DHT: the relay set is the cached one.

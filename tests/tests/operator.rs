@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use onionvpn_relay::control::query_status;
 use onionvpn_relay::status::StatusReport;
-use onionvpn_tests::http::get;
 use onionvpn_tests::metrics::scrape;
-use onionvpn_tests::{socksc, LocalNet, LocalNetConfig};
+use onionvpn_tests::{fetch, LocalNet, LocalNetConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const LEN: u64 = 1 << 20;
@@ -52,21 +51,11 @@ async fn status_and_metrics_move_with_traffic_and_show_no_addresses() {
     let net = LocalNet::start(LocalNetConfig::default()).await.unwrap();
     let before = view(&net).await;
 
-    let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
-        net.socks_addr().unwrap(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await
-    .unwrap();
-    let d = tokio::time::timeout(LIMIT, get(&mut s, "test", &format!("/bytes/{LEN}"), true))
+    let (socks, http) = (net.socks_addr().unwrap(), net.http_addr().unwrap());
+    let d = fetch::download(socks, http, LEN, LIMIT, true)
         .await
-        .expect("download hung")
         .unwrap();
     assert_eq!(d.len, LEN);
-    drop(s);
     let after = view(&net).await;
 
     // status: three relays carried the 1 MiB toward the client (cells of ≤ 486 data bytes,

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use onionvpn_pay::account::price;
 use onionvpn_proto::consts::CELL_BODY_LEN;
 use onionvpn_relay::control::query_status;
-use onionvpn_tests::http::get;
+use onionvpn_tests::fetch::{self, TransferError};
 use onionvpn_tests::metrics::scrape;
-use onionvpn_tests::{socksc, LocalNet, LocalNetConfig, PaidNet};
+use onionvpn_tests::{LocalNet, LocalNetConfig, PaidNet};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -26,21 +26,9 @@ fn config(paid: PaidNet) -> LocalNetConfig {
 
 /// Downloads `len` bytes through the client; returns the bytes received (an error or an
 /// early end of the stream counts what arrived before it).
-async fn download(net: &LocalNet, len: u64) -> Result<u64, String> {
-    let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
-        net.socks_addr().unwrap(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await
-    .map_err(|e| format!("socks: {e}"))?;
-    match tokio::time::timeout(LIMIT, get(&mut s, "test", &format!("/bytes/{len}"), false)).await {
-        Ok(Ok(d)) => Ok(d.len),
-        Ok(Err(e)) => Err(format!("download: {e}")),
-        Err(_) => Err("download hung".into()),
-    }
+async fn download(net: &LocalNet, len: u64) -> Result<u64, TransferError> {
+    let (socks, http) = (net.socks_addr().unwrap(), net.http_addr().unwrap());
+    Ok(fetch::download(socks, http, len, LIMIT, false).await?.len)
 }
 
 /// Polls `f` until it holds or `limit` passes.
@@ -217,14 +205,7 @@ async fn a_client_stops_paying_at_its_budget_and_never_above_its_cap() {
         pays.spent_msat()
     );
     // New streams are refused with an error.
-    let http = net.http_addr().unwrap();
-    let r = socksc::connect(
-        client.socks_addr(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await;
+    let r = fetch::open(client.socks_addr(), net.http_addr().unwrap(), None).await;
     assert!(
         r.is_err(),
         "a new stream was accepted after the budget was reached"

@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use onionvpn_tests::http::{content_sha256, get, hex, upload};
-use onionvpn_tests::{socksc, LocalNet, LocalNetConfig};
+use onionvpn_tests::http::{content_sha256, hex};
+use onionvpn_tests::{fetch, LocalNet, LocalNetConfig};
 use tokio::runtime::Runtime;
 
 fn rt() -> &'static Runtime {
@@ -32,18 +32,9 @@ fn net() -> &'static LocalNet {
 const LIMIT: Duration = Duration::from_secs(120);
 
 async fn download(net: &LocalNet, len: u64) {
-    let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
-        net.socks_addr().unwrap(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await
-    .unwrap();
-    let d = tokio::time::timeout(LIMIT, get(&mut s, "test", &format!("/bytes/{len}"), true))
+    let (socks, http) = (net.socks_addr().unwrap(), net.http_addr().unwrap());
+    let d = fetch::download(socks, http, len, LIMIT, true)
         .await
-        .expect("download hung")
         .unwrap();
     assert_eq!(d.announced, Some(len));
     assert_eq!(d.len, len);
@@ -51,19 +42,8 @@ async fn download(net: &LocalNet, len: u64) {
 }
 
 async fn upload_len(net: &LocalNet, len: u64) {
-    let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
-        net.socks_addr().unwrap(),
-        &http.ip().to_string(),
-        http.port(),
-        None,
-    )
-    .await
-    .unwrap();
-    let (sha, n) = tokio::time::timeout(LIMIT, upload(&mut s, "test", len))
-        .await
-        .expect("upload hung")
-        .unwrap();
+    let (socks, http) = (net.socks_addr().unwrap(), net.http_addr().unwrap());
+    let (sha, n) = fetch::upload(socks, http, len, LIMIT).await.unwrap();
     assert_eq!(n, len);
     assert_eq!(sha, hex(&content_sha256(len)));
 }
