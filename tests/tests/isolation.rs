@@ -12,8 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use onionvpn_simnet::calibrate::{cpu_share, measure, Effort};
-use onionvpn_tests::http::get;
-use onionvpn_tests::{socksc, LocalNet, LocalNetConfig};
+use onionvpn_tests::{fetch, socksc, LocalNet, LocalNetConfig};
 use tokio::io::AsyncWriteExt;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -86,20 +85,13 @@ async fn measure_real(builds: usize, transfers: usize, mib: u64) -> (f64, f64) {
     let net = LocalNet::start(LocalNetConfig::default()).await.unwrap();
     let socks = net.socks_addr().unwrap();
     let http = net.http_addr().unwrap();
-    let host = http.ip().to_string();
-    let fetch = |bytes: u64| {
-        let host = host.clone();
-        async move {
-            let t0 = Instant::now();
-            let mut s = socksc::connect(socks, &host, http.port(), Some(("agree", "x")))
-                .await
-                .unwrap();
-            let d = get(&mut s, "agree", &format!("/bytes/{bytes}"), false)
-                .await
-                .unwrap();
-            assert_eq!(d.len, bytes, "short download");
-            t0.elapsed().as_secs_f64()
-        }
+    let fetch = |bytes: u64| async move {
+        let t0 = Instant::now();
+        let d = fetch::download(socks, http, bytes, Duration::from_secs(120), false)
+            .await
+            .unwrap();
+        assert_eq!(d.len, bytes, "short download");
+        t0.elapsed().as_secs_f64()
     };
     // Warm up: the circuit of this isolation key, channels between the relays.
     fetch(1 << 20).await;
@@ -118,10 +110,7 @@ async fn measure_real(builds: usize, transfers: usize, mib: u64) -> (f64, f64) {
     }
     let mut rates = Vec::new();
     for _ in 0..transfers {
-        let secs = tokio::time::timeout(Duration::from_secs(120), fetch(mib << 20))
-            .await
-            .expect("transfer hung");
-        rates.push(mib as f64 / secs);
+        rates.push(mib as f64 / fetch(mib << 20).await);
     }
     net.shutdown().await;
     (median(ms), median(rates))
