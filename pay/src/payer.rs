@@ -6,8 +6,15 @@
 //! tops it up to exactly one chunk ahead; it never orders another for that hop while one is
 //! unconfirmed, so at most one chunk per hop is at risk (sent but unused, or in flight).
 //!
+//! Chunk size adapts to the link: a chunk must cover what the circuit uses while a payment
+//! is on its way, or a fast download outruns its payments and the relay ends the circuit.
+//! The payer measures the circuit's throughput and each hop's payment latency (order to
+//! result) and sizes each hop's chunk to what the hop's terms charge for six times
+//! (latency + jitter) of use at that throughput, never below [`PayerConfig::chunk_msat`]
+//! and never above [`PayerConfig::max_chunk_msat`] (the most ever at risk per hop).
+//!
 //! Jitter: each hop's threshold is drawn afresh for every payment (between a quarter and
-//! three quarters of a chunk) and each payment waits a random delay up to
+//! three quarters of its chunk) and each payment waits a random delay up to
 //! [`PayerConfig::jitter`], so the hops of one circuit, which see the same bytes, do not pay
 //! in lockstep (which would let one observer link them by timing).
 //!
@@ -34,8 +41,11 @@ use crate::PayError;
 /// How the payer pays.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PayerConfig {
-    /// How far ahead of use each hop is paid, in msat: the most at risk per hop.
+    /// How far ahead of use each hop is paid at least, in msat.
     pub chunk_msat: u64,
+    /// Largest chunk the payer grows to when throughput × payment latency needs more than
+    /// `chunk_msat`: the most at risk per hop. At or below `chunk_msat` the chunk is fixed.
+    pub max_chunk_msat: u64,
     /// Attempts per payment (first try included) before giving the hop up.
     pub max_attempts: u32,
     /// Wait before retrying a failed payment.
@@ -50,6 +60,7 @@ impl Default for PayerConfig {
     fn default() -> Self {
         PayerConfig {
             chunk_msat: 10_000,
+            max_chunk_msat: 200_000,
             max_attempts: 3,
             retry_delay: Duration::from_secs(1),
             jitter: Duration::from_millis(500),
@@ -200,6 +211,44 @@ struct InFlight {
     id: OrderId,
     amount_msat: u64,
     attempt: u32,
+    /// When the order was handed out (its latency is measured from here).
+    sent_at: Instant,
+}
+
+/// How often the throughput estimate takes a sample.
+const RATE_WINDOW: Duration = Duration::from_millis(50);
+/// How many (latency + jitter) of use a chunk covers: the payment is ordered when a quarter
+/// to three quarters of the chunk is left, so a quarter must cover one payment's jitter and
+/// latency, with a margin for a rising throughput.
+const CHUNK_HORIZONS: u32 = 6;
+
+/// The circuit's throughput, estimated from the bytes carried (sans-IO: sampled in `poll`).
+#[derive(Clone, Debug)]
+struct Throughput {
+    at: Instant,
+    bytes: u64,
+    bytes_per_sec: f64,
+}
+
+impl Throughput {
+    fn sample(&mut self, now: Instant, bytes: u64) {
+        let dt = now.saturating_duration_since(self.at);
+        if dt < RATE_WINDOW {
+            return;
+        }
+        let inst = bytes.saturating_sub(self.bytes) as f64 / dt.as_secs_f64();
+        // Rises at once (an outrun circuit is lost), decays over a few windows.
+        self.bytes_per_sec = if inst >= self.bytes_per_sec {
+            inst
+        } else {
+            (self.bytes_per_sec + inst) / 2.0
+        };
+        if self.bytes_per_sec < 1.0 {
+            self.bytes_per_sec = 0.0;
+        }
+        self.at = now;
+        self.bytes = bytes;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -211,8 +260,11 @@ struct Hop {
     /// A payment decided and waiting for its jitter delay or retry delay:
     /// (when, amount, attempt number).
     due: Option<(Instant, u64, u32)>,
-    /// Pay when unused credit falls to this (drawn per payment).
-    threshold_msat: u64,
+    /// Pay when unused credit falls to this fraction of the chunk, in thousandths (drawn
+    /// per payment).
+    threshold_permille: u64,
+    /// Payment latency seen on this hop (order to result; rises at once, decays slowly).
+    latency: Option<Duration>,
 }
 
 /// The payment schedule of one circuit.
@@ -222,6 +274,7 @@ pub struct CircuitPayer {
     hops: Vec<Hop>,
     opened: Instant,
     bytes: u64,
+    rate: Throughput,
     next_id: u64,
     events: VecDeque<PayerEvent>,
     stopped: bool,
@@ -252,7 +305,6 @@ impl CircuitPayer {
                 ),
             });
         }
-        let chunk = cfg.chunk_msat;
         let hops = hops
             .iter()
             .map(|spec| Hop {
@@ -260,7 +312,8 @@ impl CircuitPayer {
                 confirmed_msat: 0,
                 inflight: None,
                 due: None,
-                threshold_msat: draw_threshold(chunk, rng),
+                threshold_permille: draw_threshold(rng),
+                latency: None,
             })
             .collect();
         Ok(CircuitPayer {
@@ -268,6 +321,11 @@ impl CircuitPayer {
             hops,
             opened: now,
             bytes: 0,
+            rate: Throughput {
+                at: now,
+                bytes: 0,
+                bytes_per_sec: 0.0,
+            },
             next_id: 0,
             events: VecDeque::new(),
             stopped: false,
@@ -302,6 +360,39 @@ impl CircuitPayer {
         self.hops.get(hop).map_or(0, |h| self.owed(h, now))
     }
 
+    /// The chunk hop `hop` is paid ahead by now, in msat (see the module docs).
+    pub fn chunk_msat(&self, hop: usize) -> u64 {
+        self.hops.get(hop).map_or(0, |h| self.chunk_of(h))
+    }
+
+    /// Estimated throughput of the circuit, bytes per second.
+    pub fn bytes_per_sec(&self) -> f64 {
+        self.rate.bytes_per_sec
+    }
+
+    fn chunk_of(&self, h: &Hop) -> u64 {
+        let base = self.cfg.chunk_msat;
+        if self.cfg.max_chunk_msat <= base {
+            return base;
+        }
+        let horizon =
+            (h.latency.unwrap_or_default() + self.cfg.jitter).saturating_mul(CHUNK_HORIZONS);
+        self.use_during(h, horizon)
+            .clamp(base, self.cfg.max_chunk_msat)
+    }
+
+    /// What hop `h` charges for `d` of use at the estimated throughput, in msat.
+    fn use_during(&self, h: &Hop, d: Duration) -> u64 {
+        // Saturating float-to-int conversion: absurd rates end at max_chunk_msat.
+        let bytes = (self.rate.bytes_per_sec * d.as_secs_f64()) as u64;
+        price(&h.spec.terms, bytes, d)
+    }
+
+    fn threshold_of(&self, h: &Hop) -> u64 {
+        let t = u128::from(self.chunk_of(h)) * u128::from(h.threshold_permille) / 1000;
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
+
     fn owed(&self, h: &Hop, now: Instant) -> u64 {
         price(
             &h.spec.terms,
@@ -321,10 +412,18 @@ impl CircuitPayer {
         if self.stopped {
             return out;
         }
+        self.rate.sample(now, self.bytes);
         for i in 0..self.hops.len() {
             let owed = self.owed(&self.hops[i], now);
-            let chunk = self.cfg.chunk_msat;
+            let chunk = self.chunk_of(&self.hops[i]);
+            let threshold = self.threshold_of(&self.hops[i]);
             let jitter = self.cfg.jitter;
+            // What the circuit uses while a jittered payment waits and travels: credit below
+            // it runs out before the payment lands, so such a payment goes at once.
+            let urgent_below = self.use_during(
+                &self.hops[i],
+                self.hops[i].latency.unwrap_or_default() + jitter,
+            );
             let h = &mut self.hops[i];
             if h.inflight.is_some() {
                 continue;
@@ -332,11 +431,12 @@ impl CircuitPayer {
             if h.due.is_none() {
                 // Unused credit (negative: behind).
                 let unused = i128::from(h.confirmed_msat) - i128::from(owed);
-                if unused > i128::from(h.threshold_msat) {
+                if unused > i128::from(threshold) {
                     continue;
                 }
-                // Behind (using unpaid grace): pay at once; ahead: after a random delay.
-                let delay = if unused >= 0 {
+                // Behind (using unpaid grace) or about to be: pay at once; ahead: after a
+                // random delay.
+                let delay = if unused >= i128::from(urgent_below) {
                     random_duration(jitter, rng)
                 } else {
                     Duration::ZERO
@@ -376,6 +476,7 @@ impl CircuitPayer {
                 id,
                 amount_msat: amount,
                 attempt,
+                sent_at: now,
             });
             out.push(PayerEvent::Pay(Order {
                 id,
@@ -417,7 +518,12 @@ impl CircuitPayer {
             PayResult::Sent { fee_msat } => {
                 budget.commit(f.amount_msat, max_fee, fee_msat.min(max_fee));
                 h.confirmed_msat = h.confirmed_msat.saturating_add(f.amount_msat);
-                h.threshold_msat = draw_threshold(self.cfg.chunk_msat, rng);
+                h.threshold_permille = draw_threshold(rng);
+                let took = now.saturating_duration_since(f.sent_at);
+                h.latency = Some(match h.latency {
+                    Some(l) if l > took => (l * 7 + took) / 8,
+                    _ => took,
+                });
             }
             PayResult::Failed => {
                 budget.release(f.amount_msat, max_fee);
@@ -435,8 +541,8 @@ impl CircuitPayer {
     }
 
     /// When [`Self::poll`] should next be called if nothing else happens (no bytes, no
-    /// results): a due payment, or the time at which the per-minute price alone brings a
-    /// hop to its threshold. `None`: only new bytes or results can change anything.
+    /// results): a due payment, the time at which the per-minute price alone brings a
+    /// hop to its threshold, or the next throughput sample while bytes flow. `None`: only new bytes or results can change anything.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         if self.stopped {
             return None;
@@ -457,6 +563,11 @@ impl CircuitPayer {
                 best = Some(best.map_or(at, |b| b.min(at)));
             }
         }
+        // While bytes flow the chunk follows the throughput estimate: sample it again.
+        if self.cfg.max_chunk_msat > self.cfg.chunk_msat && self.rate.bytes_per_sec > 0.0 {
+            let at = self.rate.at + RATE_WINDOW;
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
         best.map(|b| b.max(now))
     }
 
@@ -469,7 +580,7 @@ impl CircuitPayer {
         let by_bytes = price(&h.spec.terms, self.bytes, Duration::ZERO);
         let room = h
             .confirmed_msat
-            .saturating_sub(h.threshold_msat)
+            .saturating_sub(self.threshold_of(h))
             .saturating_sub(by_bytes);
         // Smallest age whose time price reaches `room`.
         let ms = (u128::from(room) * 60_000).div_ceil(u128::from(per_min));
@@ -478,10 +589,9 @@ impl CircuitPayer {
     }
 }
 
-fn draw_threshold<R: Rng + ?Sized>(chunk: u64, rng: &mut R) -> u64 {
-    let quarter = chunk / 4;
-    let span = (chunk / 2).max(1);
-    quarter + rng.next_u64() % span
+/// A threshold between a quarter and three quarters of a chunk, in thousandths.
+fn draw_threshold<R: Rng + ?Sized>(rng: &mut R) -> u64 {
+    250 + rng.next_u64() % 500
 }
 
 fn random_duration<R: Rng + ?Sized>(max: Duration, rng: &mut R) -> Duration {
@@ -519,6 +629,7 @@ mod tests {
     fn cfg() -> PayerConfig {
         PayerConfig {
             chunk_msat: 1000,
+            max_chunk_msat: 1000,
             max_attempts: 3,
             retry_delay: Duration::from_secs(1),
             jitter: Duration::from_millis(300),
@@ -734,5 +845,96 @@ mod tests {
         );
         assert!(orders(&p.poll(d - Duration::from_secs(2), &mut b, &mut rng)).is_empty());
         assert_eq!(orders(&p.poll(d, &mut b, &mut rng)).len(), 1);
+    }
+
+    /// Runs one hop at 1000 msat/MiB over `secs` seconds of a 10 MiB/s transfer (100 KiB
+    /// every 10 ms) where each payment takes `latency` to confirm. Returns the payer, the
+    /// largest shortfall (owed − paid) after the first second, and the largest amount at
+    /// risk (paid + in flight − owed) seen.
+    fn run_with_latency(
+        cfg: PayerConfig,
+        latency: Duration,
+        secs: u64,
+    ) -> (CircuitPayer, u64, u64) {
+        let mut rng = StdRng::seed_from_u64(21);
+        let t0 = Instant::now();
+        let mut p = CircuitPayer::new(cfg, &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        let mut pending: Vec<(Instant, OrderId, u64)> = Vec::new();
+        let (mut short, mut risk) = (0u64, 0u64);
+        for s in 0..secs * 100 {
+            let now = t0 + Duration::from_millis(10 * s);
+            p.carried(100 * 1024);
+            let (done, wait): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|(at, _, _)| *at <= now);
+            pending = wait;
+            for (_, id, _) in done {
+                p.on_result(id, PayResult::Sent { fee_msat: 0 }, now, &mut b, &mut rng);
+            }
+            for o in orders(&p.poll(now, &mut b, &mut rng)) {
+                pending.push((now + latency, o.id, o.req.amount_msat));
+            }
+            let owed = p.owed_msat(0, now);
+            let flying: u64 = pending.iter().map(|(_, _, a)| a).sum();
+            risk = risk.max((p.paid_msat(0) + flying).saturating_sub(owed));
+            if s >= 100 {
+                short = short.max(owed.saturating_sub(p.paid_msat(0)));
+            }
+        }
+        (p, short, risk)
+    }
+
+    #[test]
+    fn chunk_grows_with_throughput_times_latency_and_keeps_ahead() {
+        let latency = Duration::from_millis(300);
+        let mut c = cfg();
+        c.jitter = Duration::from_millis(100);
+        // Fixed chunk of 1000 msat (1 MiB at 1000 msat/MiB): at 10 MiB/s a 300 ms payment
+        // arrives MiBs late.
+        let (_, fixed_short, _) = run_with_latency(c.clone(), latency, 5);
+        assert!(
+            fixed_short > 2_000,
+            "fixed chunk short by only {fixed_short}"
+        );
+        // Adaptive: 6 x (300 + 100) ms at ~10 MiB/s = ~23 MiB = ~23,000 msat ahead; the hop
+        // is never behind after the first second and never more than the cap is at risk.
+        c.max_chunk_msat = 50_000;
+        let (p, short, risk) = run_with_latency(c.clone(), latency, 5);
+        assert_eq!(short, 0, "adaptive chunk fell behind by {short} msat");
+        assert!(risk <= 50_000, "at risk {risk} > max chunk");
+        let chunk = p.chunk_msat(0);
+        assert!((18_000..=30_000).contains(&chunk), "chunk {chunk}");
+        let rate = p.bytes_per_sec();
+        assert!((9e6..12e6).contains(&rate), "rate {rate}");
+        // A low cap bounds what is at risk (and the hop falls behind instead).
+        c.max_chunk_msat = 3_000;
+        let (p, _, risk) = run_with_latency(c, latency, 5);
+        assert_eq!(p.chunk_msat(0), 3_000);
+        assert!(risk <= 3_000, "at risk {risk} > max chunk");
+    }
+
+    #[test]
+    fn idle_circuit_keeps_the_base_chunk() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.max_chunk_msat = 100_000;
+        c.jitter = Duration::ZERO;
+        let mut p = CircuitPayer::new(c, &[hop(1, 1000, 60)], &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        let o = orders(&p.poll(t0, &mut b, &mut rng));
+        let t1 = t0 + Duration::from_secs(2);
+        p.on_result(
+            o[0].id,
+            PayResult::Sent { fee_msat: 0 },
+            t1,
+            &mut b,
+            &mut rng,
+        );
+        assert!(orders(&p.poll(t1, &mut b, &mut rng)).is_empty());
+        // A 2 s latency with no bytes flowing: only the per-minute price for 12 s (12 msat),
+        // below the base chunk.
+        assert_eq!(p.chunk_msat(0), 1000);
+        assert_eq!(p.bytes_per_sec(), 0.0);
     }
 }

@@ -133,6 +133,11 @@ impl Payments {
             if let Err(e) = self.rail.ack_received(p.id) {
                 warn!("acknowledging a payment: {e}");
             }
+            // The ledger holds it now: prune the node's own record (one per payment, the
+            // store would otherwise grow with every payment the relay ever received).
+            if let Err(e) = self.rail.forget(p.id) {
+                debug!("forgetting a received payment: {e}");
+            }
             if recorded == Recorded::New {
                 self.write_summary();
             }
@@ -241,6 +246,8 @@ mod tests {
         assert_eq!(p.ledger.token_msat(&PaymentToken([1; 16])).unwrap(), 1000);
         // Everything acknowledged: nothing left to deliver.
         until(|| futures_ready(relay.next_received()).is_none()).await;
+        // Recorded payments are pruned from the node's store.
+        until(|| net.stored(NodeId([2; 33])) == 0).await;
         let summary = std::fs::read_to_string(summary_path(&setup.ledger_dir)).unwrap();
         assert!(summary.contains("total: 1050 msat"), "{summary}");
         tx.send(true).unwrap();

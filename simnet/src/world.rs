@@ -1361,6 +1361,9 @@ impl World {
             let p = &self.sc.payments;
             let cfg = PayerConfig {
                 chunk_msat: p.chunk_msat,
+                // The scenario's chunk is the fixed amount at risk per hop (no adaptation
+                // to throughput: the simulator reports risk against this figure).
+                max_chunk_msat: p.chunk_msat,
                 max_fee_msat: p.max_fee_msat,
                 ..PayerConfig::default()
             };

@@ -21,10 +21,11 @@ use onionvpn_client::config::{ClientConfig, NetworkChoice};
 use onionvpn_client::PaymentsSetup as ClientPayments;
 use onionvpn_client::{start_client_with, ClientHandle, RuntimeOptions as ClientOptions};
 use onionvpn_directory::descriptor::Prices;
+use onionvpn_pay::ldk::ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use onionvpn_pay::ledger::Ledger;
 use onionvpn_pay::memory::MemoryNetwork;
 use onionvpn_pay::payer::PayerConfig;
-use onionvpn_pay::NodeId;
+use onionvpn_pay::{NodeId, PaymentRail};
 use onionvpn_relay::config::DefaultAction;
 use onionvpn_relay::{
     start_relay_with, PaymentsSetup as RelayPayments, RelayConfig, RelayHandle,
@@ -53,16 +54,75 @@ pub struct LocalNetConfig {
     pub dir: Option<PathBuf>,
     /// Worker threads per relay runtime (`None`: one per core).
     pub relay_threads: Option<usize>,
-    /// Charging relays paid through the in-memory test rail (`None`: free relays).
+    /// Charging relays, paid through the in-memory test rail or real LDK nodes (`None`: free
+    /// relays).
     pub paid: Option<PaidNet>,
 }
 
-/// A paid local network: every relay charges these prices and is paid through a node of
-/// `rails`, the in-memory TEST rail (no Lightning; the real-LDK tests use the LDK rail).
+/// How the relays and the client of a paid local network are paid.
+#[derive(Debug, Clone)]
+pub enum Rails {
+    /// The in-memory TEST rail (no Lightning): instant, no fees.
+    Memory(MemoryNetwork),
+    /// Real ldk-node instances on a real regtest chain, with a channel from the client's
+    /// node to every relay's ([`regtest::LdkNet`]; it needs at least as many relay nodes as
+    /// the network has relays). Every paying client of the network shares the one client
+    /// node.
+    Ldk(Arc<regtest::LdkNet>),
+}
+
+impl Rails {
+    /// The rail of relay `i` (`None`: no LDK node for it).
+    pub fn relay(&self, i: usize) -> Option<Arc<dyn PaymentRail>> {
+        match self {
+            Rails::Memory(m) => Some(Arc::new(m.node(relay_node_id(i), 0))),
+            Rails::Ldk(l) => l.relay(i).map(|r| r as Arc<dyn PaymentRail>),
+        }
+    }
+
+    /// The rail of the paying client `name` (on the memory rail a node holding
+    /// `balance_msat`; on LDK the one client node, funded by its channels).
+    pub fn client(&self, name: &str, balance_msat: u64) -> Arc<dyn PaymentRail> {
+        match self {
+            Rails::Memory(m) => Arc::new(m.node(client_node_id(name), balance_msat)),
+            Rails::Ldk(l) => l.client(),
+        }
+    }
+
+    /// Outgoing payments of client `name`'s node still in flight (always 0 on the memory
+    /// rail, whose payments complete at once).
+    pub fn client_in_flight(&self, _name: &str) -> usize {
+        match self {
+            Rails::Memory(_) => 0,
+            Rails::Ldk(l) => l
+                .client()
+                .node()
+                .list_payments_with_filter(|p| {
+                    p.direction == PaymentDirection::Outbound && p.status == PaymentStatus::Pending
+                })
+                .len(),
+        }
+    }
+
+    /// Keysend payments still held in the store of client `name`'s node (sent, not yet
+    /// forgotten; ldk-node also keeps a record per on-chain transaction, not counted here).
+    pub fn client_stored(&self, name: &str) -> usize {
+        match self {
+            Rails::Memory(m) => m.stored(client_node_id(name)),
+            Rails::Ldk(l) => l
+                .client()
+                .node()
+                .list_payments_with_filter(|p| matches!(p.kind, PaymentKind::Spontaneous { .. }))
+                .len(),
+        }
+    }
+}
+
+/// A paid local network: every relay charges these prices and is paid through `rails`.
 #[derive(Debug, Clone)]
 pub struct PaidNet {
-    /// The in-memory payment network relays and clients join.
-    pub rails: MemoryNetwork,
+    /// The payment network relays and clients join.
+    pub rails: Rails,
     /// Relay price per MiB, msat.
     pub msat_per_mib: u64,
     /// Relay price per minute, msat.
@@ -84,7 +144,7 @@ pub struct PaidNet {
 impl Default for PaidNet {
     fn default() -> Self {
         PaidNet {
-            rails: MemoryNetwork::new(),
+            rails: Rails::Memory(MemoryNetwork::new()),
             msat_per_mib: 1_000,
             msat_per_min: 60,
             // Loopback moves tens of MiB/s: the grace and the chunk must cover what flows
@@ -148,6 +208,9 @@ pub enum LocalNetError {
     /// Relays did not publish in time.
     #[error("relays did not publish their descriptors within {0:?}")]
     Publish(Duration),
+    /// The paid network has no payment node for this relay.
+    #[error("no payment rail for relay {0}")]
+    NoRail(usize),
     /// The client did not start or build a circuit.
     #[error("client: {0}")]
     Client(#[from] onionvpn_client::ClientError),
@@ -272,7 +335,7 @@ impl LocalNet {
                 rc.prices.msat_per_min = p.msat_per_min;
                 rc.prices.grace_kib = p.grace_kib;
                 opts.payments = Some(RelayPayments {
-                    rail: Arc::new(p.rails.node(relay_node_id(i), 0)),
+                    rail: p.rails.relay(i).ok_or(LocalNetError::NoRail(i))?,
                     ledger_dir: onionvpn_relay::payments::ledger_dir(&data_dir),
                 });
             }
@@ -356,7 +419,7 @@ impl LocalNet {
         let mut o = client_options();
         if let Some(p) = &self.paid {
             o.payments = Some(ClientPayments {
-                rail: Arc::new(p.rails.node(client_node_id(name), balance_msat)),
+                rail: p.rails.client(name, balance_msat),
                 payer: p.payer.clone(),
             });
         }

@@ -297,6 +297,60 @@ impl Regtest {
         Ok(LdkRail::start(&cfg, dir).await?)
     }
 
+    /// Opens a channel of `sats` from `from` to each of `to` (confirming each funding
+    /// transaction before the next open), mines them deep enough and waits until every
+    /// channel is usable on both sides.
+    pub async fn open_channels(
+        &self,
+        from: &LdkRail,
+        to: &[&LdkRail],
+        sats: u64,
+    ) -> Result<(), RegtestError> {
+        let mut ev_from = from.channel_events();
+        for peer in to {
+            let mut ev_to = peer.channel_events();
+            let addr = peer
+                .listening_address()
+                .ok_or(RegtestError::Address("peer does not listen".into()))?;
+            from.open_channel(peer.node_id(), addr, sats, None).await?;
+            wait_event(&mut ev_from, "channel pending", |e| {
+                matches!(e, ChannelEvent::Pending { .. })
+            })
+            .await?;
+            wait_event(&mut ev_to, "channel pending at peer", |e| {
+                matches!(e, ChannelEvent::Pending { .. })
+            })
+            .await?;
+            // ldk-node's wallet does not count its own unconfirmed funding transaction as
+            // spending its input: the next open would pick the same coin (a double spend
+            // the chain refuses). One block and a sync make the spend known.
+            self.mine(1)?;
+            from.sync().await?;
+        }
+        self.mine(CHANNEL_DEPTH)?;
+        for peer in to {
+            wait_usable(from, peer).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives `rail` `n` coinbase outputs (one per channel it will open before any confirms)
+    /// and makes them spendable, as [`Regtest::fund`] does.
+    pub async fn fund_outputs(&self, rail: &LdkRail, n: u64) -> Result<(), RegtestError> {
+        let a = rail.new_address()?;
+        self.mine_to(n.max(1), &a)?;
+        let h = self.height()?;
+        let target = (h + COINBASE_MATURITY).max(SEGWIT_HEIGHT);
+        self.mine(target.saturating_sub(h))?;
+        rail.sync().await?;
+        // Coinbase outputs mature one block apart: wait for all of them.
+        let want = n.max(1) * 50 * 100_000_000 * 9 / 10;
+        wait_until(NODE_DEADLINE, "funds to be spendable", || {
+            Ok(rail.balances()?.onchain_spendable_sat >= want)
+        })
+        .await
+    }
+
     /// Opens a channel of `sats` from `from` to `to` (pushing `push_msat` to `to`), mines it
     /// deep enough and waits until both sides can use it.
     pub async fn open_channel(
@@ -455,6 +509,72 @@ pub fn regtest_config(
     listen: Option<SocketAddr>,
 ) -> Result<ValidConfig, RegtestError> {
     Ok(LdkConfig::regtest(chain.bitcoind_config(), listen).validate(dir)?)
+}
+
+/// Real Lightning nodes for a paid local network: a regtest chain, one LDK node per relay
+/// and one for the client, and a funded channel from the client to every relay (direct
+/// channels: an ldk-node without an alias opens only unannounced channels and does not route
+/// to them, and a routing relay would learn which later hops the client pays).
+pub struct LdkNet {
+    /// The chain (kept running as long as the nodes).
+    pub chain: Regtest,
+    relays: Vec<Arc<LdkRail>>,
+    client: Arc<LdkRail>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LdkNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdkNet")
+            .field("relays", &self.relays.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LdkNet {
+    /// Starts the chain and `relays` + 1 nodes, funds the client and opens a channel of
+    /// `channel_sat` from it to every relay; returns when every channel is usable.
+    pub async fn start(relays: usize, channel_sat: u64) -> Result<LdkNet, RegtestError> {
+        let dir = tempfile::tempdir().map_err(|e| RegtestError::Io("temporary directory", e))?;
+        let chain = Regtest::start()?;
+        let client = chain.start_rail(&dir.path().join("client")).await?;
+        let mut rs = Vec::new();
+        for i in 0..relays {
+            rs.push(
+                chain
+                    .start_rail(&dir.path().join(format!("relay{i}")))
+                    .await?,
+            );
+        }
+        chain.fund_outputs(&client, relays as u64).await?;
+        let peers: Vec<&LdkRail> = rs.iter().map(|r| r.as_ref()).collect();
+        chain.open_channels(&client, &peers, channel_sat).await?;
+        Ok(LdkNet {
+            chain,
+            relays: rs,
+            client,
+            _dir: dir,
+        })
+    }
+
+    /// Relay `i`'s node.
+    pub fn relay(&self, i: usize) -> Option<Arc<LdkRail>> {
+        self.relays.get(i).cloned()
+    }
+
+    /// The client's node.
+    pub fn client(&self) -> Arc<LdkRail> {
+        self.client.clone()
+    }
+
+    /// Stops every node.
+    pub async fn stop(&self) {
+        for r in self.relays.iter().chain(std::iter::once(&self.client)) {
+            if let Err(e) = r.stop().await {
+                eprintln!("stopping an LDK node: {e}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

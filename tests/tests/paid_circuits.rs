@@ -1,34 +1,90 @@
-//! Paid circuits on a local network, paid through the in-memory TEST rail (no Lightning;
-//! the same relay and client code paths as with the LDK rail): credit per hop, enforcement
-//! of paid + grace, the budget and the price cap.
+//! Paid circuits on a local network (issue 5's scenarios), run twice with the same code
+//! and the same assertions: on the in-memory TEST rail (no Lightning, instant payments) and
+//! on real ldk-node instances over a real bcoin regtest chain (a node per relay and one for
+//! the clients, a channel from the client's node to every relay's).
+//!
+//! One network per rail, three clients in turn: one that pays for a 10 MiB download (credit
+//! per hop, by its terms, within one chunk; spend = what the relays recorded), one that
+//! never pays (its circuit ends within the grace; the bytes it got are bounded by it), and
+//! one with a small budget (stops paying and says so; never above its budget or its cap).
+//!
+//! The LDK run needs `npm ci --ignore-scripts --prefix tools/regtest` (CI does it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use onionvpn_client::{start_client_with, ClientHandle};
 use onionvpn_pay::account::price;
 use onionvpn_proto::consts::CELL_BODY_LEN;
 use onionvpn_relay::control::query_status;
-use onionvpn_tests::fetch::{self, TransferError};
+use onionvpn_tests::fetch;
+use onionvpn_tests::http::read_head;
 use onionvpn_tests::metrics::scrape;
-use onionvpn_tests::{LocalNet, LocalNetConfig, PaidNet};
+use onionvpn_tests::regtest::LdkNet;
+use onionvpn_tests::{client_options, LocalNet, LocalNetConfig, PaidNet, Rails};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
+/// Relays of the network; relay 4 is overpriced (above every client's cap).
+const RELAYS: usize = 5;
+const OVERPRICED: usize = 4;
+/// Budget of the third client, msat.
+const SMALL_BUDGET: u64 = 40_000;
+/// Client → relay channel size on the LDK rail, sat.
+const CHANNEL_SAT: u64 = 1_000_000;
 
 fn config(paid: PaidNet) -> LocalNetConfig {
     LocalNetConfig {
-        relays: 5,
+        relays: RELAYS,
         exits: 2,
         paid: Some(paid),
         ..LocalNetConfig::default()
     }
 }
 
-/// Downloads `len` bytes through the client; returns the bytes received (an error or an
+fn loopback() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// Downloads `len` bytes through `client`; returns the bytes received (an error or an
 /// early end of the stream counts what arrived before it).
-async fn download(net: &LocalNet, len: u64) -> Result<u64, TransferError> {
-    let (socks, http) = (net.socks_addr().unwrap(), net.http_addr().unwrap());
-    Ok(fetch::download(socks, http, len, LIMIT, false).await?.len)
+async fn download(net: &LocalNet, client: &ClientHandle, len: u64) -> Result<u64, String> {
+    let http = net.http_addr().unwrap();
+    match fetch::download(client.socks_addr(), http, len, LIMIT, false).await {
+        Ok(d) => Ok(d.len),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+/// Downloads `len` bytes through `client` and counts the body bytes that arrive before the
+/// stream ends for whatever reason (0 if it never started).
+async fn download_counting(net: &LocalNet, client: &ClientHandle, len: u64) -> u64 {
+    let http = net.http_addr().unwrap();
+    let Ok(mut s) = fetch::open(client.socks_addr(), http, None).await else {
+        return 0;
+    };
+    let req = format!("GET /bytes/{len} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let count = async {
+        let Ok((_, early)) = read_head(&mut s).await else {
+            return 0;
+        };
+        let mut n = early.len() as u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(k) = s.read(&mut buf).await {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    };
+    tokio::time::timeout(LIMIT, count).await.unwrap_or(u64::MAX)
 }
 
 /// Polls `f` until it holds or `limit` passes.
@@ -47,19 +103,77 @@ fn total_earned(net: &LocalNet) -> u64 {
     net.ledgers().iter().map(|l| l.total_msat().unwrap()).sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paid_download_credits_each_hop_by_its_terms() {
-    let paid = PaidNet::default();
-    let chunk = paid.payer.chunk_msat;
-    let started = Instant::now();
-    let net = LocalNet::start(config(paid.clone())).await.unwrap();
-    let got = download(&net, 10 * MIB).await.unwrap();
-    assert_eq!(got, 10 * MIB);
+fn payment_required(net: &LocalNet) -> u64 {
+    net.relays()
+        .map(|r| r.stats().circuits_payment_required)
+        .sum()
+}
+
+/// Every hop of every circuit `client` has built has been credited its first payment (the
+/// client pays ahead: a circuit is paid before it carries data).
+fn first_payments_landed(net: &LocalNet, client: &ClientHandle) -> bool {
+    let ledgers = net.ledgers();
+    let circuits = client.circuit_manager().circuits();
+    !circuits.is_empty()
+        && circuits.iter().filter(|c| !c.dead).all(|c| {
+            c.terms.iter().flatten().all(|t| {
+                ledgers
+                    .iter()
+                    .map(|l| l.token_msat(&t.token).unwrap())
+                    .sum::<u64>()
+                    > 0
+            })
+        })
+}
+
+/// Issue 5's three scenarios on one paid network, in turn.
+async fn scenarios(paid: PaidNet) {
+    let t = Instant::now();
+    let mut net = LocalNet::start(config(paid.clone())).await.unwrap();
+    eprintln!("[{:?}] network up", t.elapsed());
+    paying_client_credits_each_hop_by_its_terms(&net, &paid).await;
+    eprintln!("[{:?}] paid download done", t.elapsed());
+
+    // The paying client leaves; what it paid settles (the ledgers then hold exactly its
+    // spend), so the next clients' effects are measured from there.
+    let first = net.client.take().unwrap();
+    let pays = first.circuit_manager().payments().unwrap().clone();
+    first.shutdown().await;
+    assert!(
+        eventually(Duration::from_secs(60), || paid
+            .rails
+            .client_in_flight("client")
+            == 0
+            && total_earned(&net) == pays.spent_msat())
+        .await,
+        "client spent {} msat, relays recorded {}",
+        pays.spent_msat(),
+        total_earned(&net)
+    );
+    let settled = total_earned(&net);
+
+    client_that_does_not_pay_loses_its_circuit(&net, &paid, settled).await;
+    eprintln!("[{:?}] non-paying client done", t.elapsed());
+    client_stops_at_its_budget_and_cap(&net, &paid.rails, settled).await;
+    eprintln!("[{:?}] budget client done", t.elapsed());
+    net.shutdown().await;
+}
+
+async fn paying_client_credits_each_hop_by_its_terms(net: &LocalNet, paid: &PaidNet) {
     let client = net.the_client().unwrap();
+    let started = Instant::now();
+    assert!(
+        eventually(LIMIT, || first_payments_landed(net, client)).await,
+        "the first payments of the client's circuits did not land"
+    );
+    let got = download(net, client, 10 * MIB).await.unwrap();
+    assert_eq!(got, 10 * MIB);
     let pays = client.circuit_manager().payments().unwrap().clone();
 
     // The circuit that carried the download: each of its hops was credited, under its own
-    // token, what the terms say for the cells carried and the circuit's age, within one chunk.
+    // token, what the terms say for the cells carried and the circuit's age, within one
+    // chunk (the chunk adapts to throughput x payment latency, up to max_chunk_msat).
+    let chunk = paid.payer.max_chunk_msat.max(paid.payer.chunk_msat);
     let circ = client
         .circuit_manager()
         .circuits()
@@ -70,13 +184,16 @@ async fn paid_download_credits_each_hop_by_its_terms() {
     let carried = circ.cells * CELL_BODY_LEN as u64;
     assert!(carried >= 10 * MIB);
     let ledgers = net.ledgers();
+    let credit = |t: &onionvpn_proto::ext::PaymentTerms| -> u64 {
+        ledgers
+            .iter()
+            .map(|l| l.token_msat(&t.token).unwrap())
+            .sum()
+    };
     let ok = eventually(Duration::from_secs(30), || {
         circ.terms.iter().all(|t| {
             let t = t.expect("every hop charges");
-            let paid: u64 = ledgers
-                .iter()
-                .map(|l| l.token_msat(&t.token).unwrap())
-                .sum();
+            let paid = credit(&t);
             let owed_min = price(&t, 10 * MIB, Duration::ZERO);
             let owed_max = price(&t, carried, started.elapsed());
             paid >= owed_min && paid <= owed_max + chunk
@@ -84,12 +201,9 @@ async fn paid_download_credits_each_hop_by_its_terms() {
     })
     .await;
     for t in circ.terms.iter().flatten() {
-        let paid: u64 = ledgers
-            .iter()
-            .map(|l| l.token_msat(&t.token).unwrap())
-            .sum();
         eprintln!(
-            "hop paid {paid} msat; owed by bytes {} msat",
+            "hop paid {} msat; owed by bytes {} msat",
+            credit(t),
             price(t, carried, Duration::ZERO)
         );
     }
@@ -98,18 +212,17 @@ async fn paid_download_credits_each_hop_by_its_terms() {
         "a hop's credit is outside [price x MiB, owed + one chunk]"
     );
 
-    // What the client spent (zero fees on the test rail) is what the relays recorded.
+    // What the client spent (zero fees: direct channels, or the test rail) is what the
+    // relays recorded.
     assert!(
-        eventually(Duration::from_secs(30), || total_earned(&net)
+        eventually(Duration::from_secs(30), || total_earned(net)
             == pays.spent_msat())
         .await,
         "client spent {} msat, relays recorded {}",
         pays.spent_msat(),
-        total_earned(&net)
+        total_earned(net)
     );
-    assert!(net
-        .relays()
-        .all(|r| r.stats().circuits_payment_required == 0));
+    assert_eq!(payment_required(net), 0, "a paid circuit was cut");
     // The operator sees the same earnings: `status` (control socket) and the metrics
     // endpoint of every relay agree with its ledger. Payments may still arrive meanwhile
     // (the per-minute price keeps accruing), so each figure must lie between the ledger's
@@ -141,66 +254,65 @@ async fn paid_download_credits_each_hop_by_its_terms() {
         }
     }
     // The client prunes what it paid from its node's store.
-    let stored = paid.rails.stored(onionvpn_tests::client_node_id("client"));
+    // The client prunes what it paid from its node's store (a moment after each success):
+    // what stays is bounded by the circuits' hops, not by the payments made.
+    let pruned = eventually(Duration::from_secs(30), || {
+        paid.rails.client_stored("client") <= 3 * client.circuit_manager().circuits().len()
+    })
+    .await;
     assert!(
-        stored <= 3 * client.circuit_manager().circuits().len(),
-        "{stored} payments kept"
+        pruned,
+        "{} payments kept",
+        paid.rails.client_stored("client")
     );
-    net.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_does_not_pay_loses_its_circuit_within_the_grace() {
-    let paid = PaidNet {
-        client_pays: false,
-        ..PaidNet::default()
-    };
+async fn client_that_does_not_pay_loses_its_circuit(net: &LocalNet, paid: &PaidNet, settled: u64) {
     let grace = u64::from(paid.grace_kib) * 1024;
-    let net = LocalNet::start(config(paid)).await.unwrap();
-    let got = match download(&net, 10 * MIB).await {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("download ended: {e}");
-            0
-        }
-    };
+    let cut_before = payment_required(net);
+    let client = net
+        .start_client("freeloader", 3, loopback(), client_options())
+        .await
+        .unwrap();
+    client.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let got = download_counting(net, &client, 10 * MIB).await;
+    eprintln!("the non-paying client received {got} bytes");
     // The guard stops relaying once use passes paid (0) + grace: the bytes that reached the
-    // client are bounded by the grace plus one batch of cells in flight per hop.
+    // client are bounded by the grace plus one batch of cells in flight per hop (and what
+    // the sockets between hops hold).
     assert!(got < 10 * MIB, "the whole download went through unpaid");
     assert!(
         got <= grace + 3 * 128 * CELL_BODY_LEN as u64 + MIB / 2,
-        "{got} bytes unpaid"
+        "{got} bytes unpaid, grace {grace}"
     );
     assert!(
-        eventually(Duration::from_secs(30), || net
-            .relays()
-            .any(|r| r.stats().circuits_payment_required > 0))
-        .await
+        eventually(Duration::from_secs(30), || payment_required(net)
+            > cut_before)
+        .await,
+        "no relay cut the unpaid circuit"
     );
-    assert_eq!(total_earned(&net), 0);
-    net.shutdown().await;
+    // Nothing further: the circuit that carried the stream is gone (or going), and
+    // nobody was paid for it.
+    client.shutdown().await;
+    assert_eq!(total_earned(net), settled);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_stops_paying_at_its_budget_and_never_above_its_cap() {
-    let budget = 40_000;
-    let paid = PaidNet {
-        client_budget_msat: budget,
-        // Relay 4 asks far more than the client's cap (2000 msat/MiB in client_config).
-        overpriced: vec![4],
-        ..PaidNet::default()
-    };
-    let net = LocalNet::start(config(paid)).await.unwrap();
-    let client = net.the_client().unwrap();
+async fn client_stops_at_its_budget_and_cap(net: &LocalNet, rails: &Rails, settled: u64) {
+    let mut c = net.client_config("thrifty", 3, loopback());
+    c.budget_msat = SMALL_BUDGET;
+    let client = start_client_with(c, net.paying_options("thrifty", 10_000_000_000))
+        .await
+        .unwrap();
+    client.wait_ready(Duration::from_secs(60)).await.unwrap();
     let pays = client.circuit_manager().payments().unwrap().clone();
-    let _ = download(&net, 20 * MIB).await;
+    let _ = download(net, &client, 20 * MIB).await;
     assert!(
         eventually(Duration::from_secs(60), || pays.budget_reached()).await,
         "budget never reached; spent {}",
         pays.spent_msat()
     );
     assert!(
-        pays.spent_msat() <= budget,
+        pays.spent_msat() <= SMALL_BUDGET,
         "spent {} > budget",
         pays.spent_msat()
     );
@@ -210,9 +322,47 @@ async fn a_client_stops_paying_at_its_budget_and_never_above_its_cap() {
         r.is_err(),
         "a new stream was accepted after the budget was reached"
     );
-    // The overpriced relay was never used, so never paid.
-    let over = net.relays().nth(4).unwrap().ledger().unwrap();
+    client.shutdown().await;
+    // What the relays received from this client: within its budget (after its payments in
+    // flight settled), and the overpriced relay was never used, so never paid.
+    assert!(
+        eventually(Duration::from_secs(60), || rails
+            .client_in_flight("thrifty")
+            == 0
+            && total_earned(net) == settled + pays.spent_msat())
+        .await,
+        "client spent {} msat, relays recorded {} more",
+        pays.spent_msat(),
+        total_earned(net) - settled
+    );
+    assert!(total_earned(net) - settled <= SMALL_BUDGET);
+    let over = net.relays().nth(OVERPRICED).unwrap().ledger().unwrap();
     assert_eq!(over.total_msat().unwrap(), 0);
-    assert!(total_earned(&net) <= budget);
-    net.shutdown().await;
+}
+
+fn paid_net(rails: Rails) -> PaidNet {
+    PaidNet {
+        rails,
+        // Relay 4 asks far more than the clients' cap (2000 msat/MiB in client_config).
+        overpriced: vec![OVERPRICED],
+        ..PaidNet::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_circuits_on_the_memory_rail() {
+    scenarios(paid_net(PaidNet::default().rails)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_circuits_on_real_ldk_nodes() {
+    let t = Instant::now();
+    let ldk = Arc::new(LdkNet::start(RELAYS, CHANNEL_SAT).await.unwrap());
+    eprintln!(
+        "[{:?}] {} LDK nodes, {RELAYS} channels usable",
+        t.elapsed(),
+        RELAYS + 1
+    );
+    scenarios(paid_net(Rails::Ldk(ldk.clone()))).await;
+    ldk.stop().await;
 }
