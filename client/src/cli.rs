@@ -107,6 +107,22 @@ pub struct Cli {
     /// Which TUN streams may share a circuit: none (all) or destination [default: none]
     #[arg(long, value_name = "MODE", help_heading = "TUN mode")]
     pub tun_isolation: Option<TunIsolation>,
+
+    /// What to do (default: run the client).
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
+}
+
+/// Subcommands of `onionvpn-client`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum ClientCommand {
+    /// The Lightning wallet that pays the relays: addresses, balances, channels, invoices.
+    /// The node's store is single-process: stop the running client first.
+    Wallet {
+        /// What to do.
+        #[command(subcommand)]
+        command: onionvpn_pay::ldk::wallet_cmd::WalletCommand,
+    },
 }
 
 fn parse_ifname(s: &str) -> Result<String, String> {
@@ -167,6 +183,8 @@ impl Cli {
                 fake_range: self.tun_fake_range,
                 isolation: self.tun_isolation,
             },
+            // File only (see ClientConfig::lightning).
+            lightning: None,
         }
     }
 
@@ -415,7 +433,20 @@ mod tests {
         // table is serialised only when TUN mode is on (checked below).
         serialised.insert("network_key");
         serialised.insert("tun");
+        // `[lightning]` has no default: serialised only when configured.
+        serialised.insert("lightning");
         assert_eq!(serialised, known, "KEYS and ClientConfig out of sync");
+        for k in onionvpn_pay::ldk::config::KEYS {
+            let leaf = k.rsplit('.').next().unwrap();
+            assert!(
+                EXAMPLE.contains(&format!("# {leaf} = ")),
+                "lightning.{k} not documented in client.example.toml"
+            );
+        }
+        let ln = example.get("lightning").and_then(|t| t.as_table()).unwrap();
+        let mut only_ln = toml::Table::new();
+        only_ln.insert("lightning".into(), toml::Value::Table(ln.clone()));
+        assert!(file(&only_ln.to_string()).unwrap().lightning.is_some());
 
         for (k, v) in &table {
             if k == "data_dir" {
@@ -427,6 +458,7 @@ mod tests {
         // that yields the defaults (data_dir via ~).
         let mut valid = example.clone();
         valid.remove("network_key");
+        valid.remove("lightning");
         let layer = file(&valid.to_string()).unwrap();
         let c = ClientConfig::resolve(&Layer::default(), Some(&layer), &home_env).unwrap();
         assert_eq!(c, default);
@@ -443,6 +475,19 @@ mod tests {
         let mut tun_default = c.tun.unwrap().to_toml_table();
         tun_default.insert("enabled".into(), toml::Value::Boolean(false));
         assert_eq!(tun_example, &tun_default, "TUN defaults in the example");
+    }
+
+    #[test]
+    fn wallet_subcommand() {
+        let cli = parse(&["--data-dir", "/d", "wallet", "balance"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(ClientCommand::Wallet {
+                command: onionvpn_pay::ldk::wallet_cmd::WalletCommand::Balance
+            })
+        );
+        assert!(parse(&["wallet", "invoice", "many"]).is_err());
+        assert_eq!(parse(&[]).unwrap().command, None);
     }
 
     #[test]

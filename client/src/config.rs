@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use onionvpn_directory::descriptor::Prices;
 use onionvpn_directory::network::{Network, PUBLIC_NETWORK_NAME};
+use onionvpn_pay::ldk::LdkConfig;
 use onionvpn_proto::consts::MAX_HOPS;
 use onionvpn_proto::relaymsg::Hostname;
 use thiserror::Error;
@@ -67,6 +68,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "tun",
         "a table of TUN-mode settings: enabled, name, address, mtu, routes, fake_range, isolation",
+    ),
+    (
+        "lightning",
+        "a table of Lightning node settings: network, esplora.url or bitcoind.{host,port,user,password}, listen, alias, storage, log_level, max_routing_fee_msat",
     ),
 ];
 
@@ -123,6 +128,16 @@ pub enum ConfigError {
         key: String,
         /// The known keys, comma-separated.
         known: String,
+    },
+    /// A `[lightning]` value is malformed or not allowed.
+    #[error("{origin}: key `{key}`: {detail}")]
+    Lightning {
+        /// Where.
+        origin: Origin,
+        /// The dotted key, e.g. `lightning.listen` (`lightning` for the table as a whole).
+        key: String,
+        /// What is wrong and what is allowed.
+        detail: String,
     },
     /// A value outside what its key allows.
     #[error("{origin}: key `{key}`: invalid value {value}: expected {allowed}")]
@@ -185,6 +200,8 @@ pub struct Layer {
     pub log_sensitive: Option<bool>,
     /// TUN-mode settings (the `[tun]` table, `--tun*` flags).
     pub tun: TunLayer,
+    /// The embedded Lightning node that pays the relays (the `[lightning]` table).
+    pub lightning: Option<LdkConfig>,
 }
 
 impl Layer {
@@ -277,6 +294,7 @@ impl Layer {
                         Some(v.as_bool().ok_or_else(|| invalid("log_sensitive", v))?)
                 }
                 "tun" => layer.tun = TunLayer::from_toml(v, &origin)?,
+                "lightning" => layer.lightning = Some(lightning_from_toml(v, &origin)?),
                 other => {
                     return Err(ConfigError::UnknownKey {
                         origin,
@@ -303,6 +321,25 @@ impl Layer {
         })?;
         Self::from_toml(&text, path)
     }
+}
+
+/// Parses and checks the `[lightning]` table (values only: its storage directory is resolved
+/// against the data directory when the node starts).
+fn lightning_from_toml(v: &toml::Value, origin: &Origin) -> Result<LdkConfig, ConfigError> {
+    let err = |key: &str, detail: String| ConfigError::Lightning {
+        origin: origin.clone(),
+        key: key.to_owned(),
+        detail,
+    };
+    let cfg: LdkConfig = v
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| err("lightning", e.message().to_owned()))?;
+    cfg.validate(Path::new("/")).map_err(|e| match e {
+        onionvpn_pay::PayError::Invalid { what, detail } => err(what, detail),
+        other => err("lightning", other.to_string()),
+    })?;
+    Ok(cfg)
 }
 
 /// A path written in a config file: `~/…` is kept for [`expand_home`], a relative path is
@@ -373,6 +410,9 @@ pub struct ClientConfig {
     pub log_sensitive: bool,
     /// TUN mode, when enabled (`None`: SOCKS only).
     pub tun: Option<TunSettings>,
+    /// The Lightning node that pays the relays (`None`: the client pays nobody, and relays
+    /// that enforce payment end its circuits after their grace).
+    pub lightning: Option<LdkConfig>,
 }
 
 /// The public mainline DHT bootstrap nodes.
@@ -443,6 +483,9 @@ impl ClientConfig {
             budget_msat: pick!(budget).unwrap_or(DEFAULT_BUDGET),
             log_sensitive: pick!(log_sensitive).unwrap_or(false),
             tun: cli.tun.resolve(&file.tun),
+            // File only: the node's settings (and its RPC password) do not belong on a
+            // command line.
+            lightning: file.lightning.clone(),
         })
     }
 
@@ -459,6 +502,7 @@ impl ClientConfig {
             budget_msat,
             log_sensitive,
             tun,
+            lightning,
         } = self;
         let mut t = toml::Table::new();
         let int = |n: u64| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
@@ -480,6 +524,11 @@ impl ClientConfig {
         t.insert("log_sensitive".into(), toml::Value::Boolean(*log_sensitive));
         if let Some(tun) = tun {
             t.insert("tun".into(), toml::Value::Table(tun.to_toml_table()));
+        }
+        if let Some(l) = lightning {
+            if let Ok(v) = toml::Value::try_from(l) {
+                t.insert("lightning".into(), v);
+            }
         }
         t
     }
@@ -581,6 +630,32 @@ mod tests {
         );
         let e = ClientConfig::resolve(&Layer::default(), Some(&file), &no_env).unwrap_err();
         assert!(matches!(e, ConfigError::NoHome { key: "data_dir" }), "{e}");
+    }
+
+    #[test]
+    fn lightning_table_is_checked_and_errors_name_the_key() {
+        let ok = "[lightning]\nnetwork = \"regtest\"\nlisten = \"127.0.0.1:9735\"\n\
+                  [lightning.bitcoind]\nhost = \"127.0.0.1\"\nport = 18443\nuser = \"u\"\n\
+                  password = \"p\"\n";
+        let l = Layer::from_toml(ok, Path::new("/c.toml")).unwrap();
+        let c = ClientConfig::resolve(&Layer::default(), Some(&l), &home_env).unwrap();
+        assert_eq!(
+            c.lightning.as_ref().unwrap().listen.as_deref(),
+            Some("127.0.0.1:9735")
+        );
+        // --print-config round trip keeps it.
+        let back = Layer::from_toml(&c.to_toml_string(), Path::new("/c.toml")).unwrap();
+        assert_eq!(back.lightning, c.lightning);
+        let bad_listen = ok.replace("127.0.0.1:9735", "nowhere");
+        let e = Layer::from_toml(&bad_listen, Path::new("/c.toml")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Lightning { key, .. } if key == "lightning.listen"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("nowhere"), "{e}");
+        let unknown = ok.replace("network = ", "netwrk = \"x\"\nnetwork = ");
+        let e = Layer::from_toml(&unknown, Path::new("/c.toml")).unwrap_err();
+        assert!(e.to_string().contains("netwrk"), "{e}");
     }
 
     #[test]

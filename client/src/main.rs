@@ -1,10 +1,19 @@
-//! `onionvpn-client`: a SOCKS5 proxy into the onionvpn overlay.
+//! `onionvpn-client`: a SOCKS5 proxy into the onionvpn overlay; `onionvpn-client wallet …`
+//! manages the Lightning wallet that pays the relays.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use onionvpn_client::cli::Cli;
-use onionvpn_client::start_client;
+use onionvpn_client::cli::{Cli, ClientCommand};
+use onionvpn_client::config::ClientConfig;
+use onionvpn_client::payments::PaymentsSetup;
+use onionvpn_client::{start_client_with, RuntimeOptions};
+use onionvpn_pay::ldk::wallet_cmd::{self, WalletCommand};
+use onionvpn_pay::ldk::LdkRail;
+use onionvpn_pay::payer::PayerConfig;
+use onionvpn_pay::{PayError, PaymentRail};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -23,12 +32,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // ldk-node needs a multi-threaded runtime; the client's is one.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,32 +43,142 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
-        let client = match start_client(config).await {
-            Ok(c) => c,
+    if let Some(ClientCommand::Wallet { command }) = &cli.command {
+        return wallet(&rt, &config, command);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = rt.block_on(run(config));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    code
+}
+
+/// `onionvpn-client wallet …`: runs the command on the node started here. The running
+/// client holds the node's store (its lock refuses a second process), so it must be stopped
+/// first.
+fn wallet(rt: &tokio::runtime::Runtime, config: &ClientConfig, cmd: &WalletCommand) -> ExitCode {
+    let Some(ln) = &config.lightning else {
+        eprintln!(
+            "onionvpn-client: wallet: the config has no [lightning] table (see docs/client.md)"
+        );
+        return ExitCode::from(2);
+    };
+    match rt.block_on(wallet_cmd::run_standalone(ln, &config.data_dir, cmd, &[])) {
+        Ok(answer) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{answer}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(PayError::StoreInUse { .. }) => {
+            eprintln!(
+                "onionvpn-client: wallet: the client is running and holds the Lightning \
+                 node; stop it first (wallet commands need the node's store)"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("onionvpn-client: wallet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ClientConfig) -> ExitCode {
+    let mut opts = RuntimeOptions::default();
+    let rail = match &config.lightning {
+        Some(ln) => match LdkRail::start(ln, &config.data_dir).await {
+            Ok(r) => {
+                tracing::info!(
+                    node_id = %wallet_cmd::hex(&r.node_id().0),
+                    "lightning node running"
+                );
+                Some(r)
+            }
             Err(e) => {
-                eprintln!("onionvpn-client: {e}");
+                eprintln!("onionvpn-client: lightning node did not start: {e}");
                 return ExitCode::FAILURE;
             }
-        };
-        eprintln!(
-            "onionvpn-client: SOCKS5 on {} (use curl --socks5-hostname {} …); Ctrl-C stops",
-            client.socks_addr(),
-            client.socks_addr()
-        );
-        if let Some(tun) = client.tun() {
-            eprintln!(
-                "onionvpn-client: TUN interface {} up; point DNS at an address of its network \
-                 other than its own (e.g. {})",
-                tun.name(),
-                onionvpn_client::tun::settings::DEFAULT_TUN_DNS
+        },
+        None => {
+            tracing::warn!(
+                "no [lightning] table: the client pays nobody; relays that charge end its \
+                 circuits after their grace"
             );
+            None
         }
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            eprintln!("onionvpn-client: cannot wait for Ctrl-C: {e}");
+    };
+    if let (Some(r), Some(ln)) = (&rail, &config.lightning) {
+        let defaults = PayerConfig::default();
+        opts.payments = Some(PaymentsSetup {
+            rail: r.clone() as Arc<dyn PaymentRail>,
+            payer: PayerConfig {
+                max_fee_msat: defaults.max_fee_msat.min(ln.max_routing_fee_msat),
+                ..defaults
+            },
+        });
+    }
+    let code = serve(config, opts).await;
+    if let Some(r) = rail {
+        if let Err(e) = r.stop().await {
+            tracing::warn!("stopping the lightning node: {e}");
         }
-        tracing::info!("shutting down");
-        client.shutdown().await;
-        ExitCode::SUCCESS
-    })
+    }
+    code
+}
+
+async fn serve(config: ClientConfig, opts: RuntimeOptions) -> ExitCode {
+    let client = match start_client_with(config, opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("onionvpn-client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "onionvpn-client: SOCKS5 on {} (use curl --socks5-hostname {} …); Ctrl-C stops",
+        client.socks_addr(),
+        client.socks_addr()
+    );
+    if let Some(tun) = client.tun() {
+        eprintln!(
+            "onionvpn-client: TUN interface {} up; point DNS at an address of its network \
+             other than its own (e.g. {})",
+            tun.name(),
+            onionvpn_client::tun::settings::DEFAULT_TUN_DNS
+        );
+    }
+    wait_for_stop().await;
+    tracing::info!("shutting down");
+    client.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM.
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("onionvpn-client: cannot wait for SIGTERM: {e}");
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                eprintln!("onionvpn-client: cannot wait for Ctrl-C: {e}");
+            }
+            return;
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                eprintln!("onionvpn-client: cannot wait for Ctrl-C: {e}");
+                let _ = term.recv().await;
+            }
+        }
+        _ = term.recv() => {}
+    }
 }

@@ -27,6 +27,12 @@ pub enum PayError {
         #[source]
         source: sled::Error,
     },
+    /// Another process (the running relay or client) holds the Lightning node's store.
+    #[error("the Lightning store {} is in use by another process (is the relay or client running?)", path.display())]
+    StoreInUse {
+        /// The store directory.
+        path: std::path::PathBuf,
+    },
     /// A value out of range or malformed (config, amount, invoice).
     #[error("invalid {what}: {detail}")]
     Invalid {

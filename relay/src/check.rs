@@ -84,6 +84,8 @@ pub enum Outcome {
     Ok(String),
     /// Not applicable here, with the reason.
     Skipped(String),
+    /// Works, but not fully yet (e.g. a Lightning node without inbound capacity), with why.
+    Warn(String),
     /// Failed.
     Failed {
         /// The kind of failure.
@@ -152,6 +154,7 @@ impl fmt::Display for CheckReport {
             match &c.outcome {
                 Outcome::Ok(d) => writeln!(f, "OK    {l:<13} {d}")?,
                 Outcome::Skipped(d) => writeln!(f, "SKIP  {l:<13} {d}")?,
+                Outcome::Warn(d) => writeln!(f, "WARN  {l:<13} {d}")?,
                 Outcome::Failed { cause, fix, .. } => {
                     writeln!(f, "FAIL  {l:<13} {cause}")?;
                     writeln!(f, "      {:<13} fix: {fix}", "")?;
@@ -185,10 +188,27 @@ pub struct CheckTarget {
 /// payments layer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LightningProbe {
-    /// The node can receive up to this many msat on its channels.
-    CanReceive(u64),
-    /// The node cannot receive, with the reason.
-    Cannot(String),
+    /// The node can receive now, with the detail (capacity, channels).
+    Pass(String),
+    /// The node runs but cannot receive yet (no channel, no inbound capacity), with why.
+    Warn(String),
+    /// The node is broken (not running, listening port closed), with why.
+    Fail(String),
+}
+
+impl LightningProbe {
+    /// The probe from a `wallet receive-check` answer (any other answer is a failure).
+    pub fn from_answer(a: &onionvpn_pay::ldk::wallet_cmd::WalletAnswer) -> Self {
+        use onionvpn_pay::ldk::wallet_cmd::{CheckLevel, WalletAnswer};
+        match a {
+            WalletAnswer::ReceiveCheck { level, detail } => match level {
+                CheckLevel::Pass => LightningProbe::Pass(detail.clone()),
+                CheckLevel::Warn => LightningProbe::Warn(detail.clone()),
+                CheckLevel::Fail => LightningProbe::Fail(detail.clone()),
+            },
+            other => LightningProbe::Fail(format!("unexpected answer: {other:?}")),
+        }
+    }
 }
 
 /// Timeouts of the checks.
@@ -462,14 +482,15 @@ pub fn judge_exit_policy(exit_enabled: bool, p: &ExitPolicy, public: bool) -> Ou
 /// Judges the Lightning node probe.
 pub fn judge_lightning(probe: Option<&LightningProbe>) -> Outcome {
     match probe {
-        None => Outcome::Skipped("no Lightning node configured: circuits are not paid".into()),
-        Some(LightningProbe::CanReceive(msat)) => {
-            Outcome::Ok(format!("can receive up to {msat} msat"))
-        }
-        Some(LightningProbe::Cannot(why)) => failed(
+        None => Outcome::Skipped(
+            "no [lightning] section: the relay charges nothing (see docs/operator.md)".into(),
+        ),
+        Some(LightningProbe::Pass(d)) => Outcome::Ok(d.clone()),
+        Some(LightningProbe::Warn(d)) => Outcome::Warn(d.clone()),
+        Some(LightningProbe::Fail(why)) => failed(
             Failure::LightningCannotReceive,
             format!("the Lightning node cannot receive: {why}"),
-            "see docs/operator.md, \"Wallet funding and payouts\"",
+            "see docs/operator.md, \"Getting paid\"",
         ),
     }
 }

@@ -1,5 +1,6 @@
 //! Command line: `onionvpn-relay [--config FILE] [--data-dir DIR] [run]`,
-//! `onionvpn-relay init [--data-dir DIR]`, `onionvpn-relay check` and `onionvpn-relay status`.
+//! `onionvpn-relay init [--data-dir DIR]`, `onionvpn-relay check`, `onionvpn-relay status`,
+//! `onionvpn-relay earnings` and `onionvpn-relay wallet <command>`.
 //!
 //! This module resolves paths, loads the configuration and the keys; the binary's `main`
 //! parses [`Cli`], calls [`init`] or [`prepare_run`], and hands a [`RunSetup`] to the runtime.
@@ -47,7 +48,7 @@ pub struct Cli {
 }
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Create the keys and a commented config file (what already exists is kept).
     Init,
@@ -62,12 +63,19 @@ pub enum Command {
     Check,
     /// Show the running relay's uptime, circuits, traffic, prices, earnings and last errors.
     Status,
+    /// The Lightning wallet: addresses, balances, channels, invoices, payouts (forwarded to
+    /// the running relay; when it is not running, the node is started for the command).
+    Wallet {
+        /// What to do.
+        #[command(subcommand)]
+        command: onionvpn_pay::ldk::wallet_cmd::WalletCommand,
+    },
 }
 
 impl Cli {
     /// The subcommand, `run` when none was given.
     pub fn action(&self) -> Command {
-        self.command.unwrap_or(Command::Run)
+        self.command.clone().unwrap_or(Command::Run)
     }
 }
 
@@ -143,6 +151,9 @@ pub enum CliError {
     /// `status` could not ask the relay.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// A wallet command failed, or the relay has no `[lightning]` section.
+    #[error("wallet: {0}")]
+    Wallet(String),
     /// `init` could not write the config file.
     #[error("{}: cannot write config: {source}", path.display())]
     WriteConfig {
@@ -435,6 +446,42 @@ pub fn control_socket(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
     Ok(crate::control::socket_path(&data_dir))
 }
 
+/// The config file (`--config`, else `<data dir>/relay.toml`), loaded, with its data
+/// directory.
+pub fn load_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
+    let config_path = match &cli.config {
+        Some(p) => p.clone(),
+        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
+    };
+    if !config_path.exists() {
+        return Err(CliError::NoConfig { path: config_path });
+    }
+    let config = Config::load(&config_path)?;
+    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
+    Ok((config, data_dir))
+}
+
+/// Where clients should reach the relay's Lightning node besides its configured listening
+/// address: when the node listens on a wildcard address, the relay's advertised IPs at the
+/// node's port (what the self-test probes; behind NAT without hairpinning it fails from
+/// inside even when it works from outside).
+pub fn ln_reach(
+    advertised: &[std::net::SocketAddr],
+    ln: &onionvpn_pay::ldk::LdkConfig,
+) -> Vec<std::net::SocketAddr> {
+    let listen = ln
+        .listen
+        .as_deref()
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    match listen {
+        Some(l) if l.ip().is_unspecified() => advertised
+            .iter()
+            .map(|a| std::net::SocketAddr::new(a.ip(), l.port()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -462,6 +509,20 @@ mod tests {
         assert_eq!(c.action(), Command::Status);
         let c = Cli::try_parse_from(["onionvpn-relay", "--config", "r.toml", "check"]).unwrap();
         assert_eq!(c.action(), Command::Check);
+        let c =
+            Cli::try_parse_from(["onionvpn-relay", "wallet", "invoice", "5000", "payout"]).unwrap();
+        assert_eq!(
+            c.action(),
+            Command::Wallet {
+                command: onionvpn_pay::ldk::wallet_cmd::WalletCommand::Invoice {
+                    msat: 5000,
+                    description: "payout".into()
+                }
+            }
+        );
+        assert!(
+            Cli::try_parse_from(["onionvpn-relay", "wallet", "open-channel", "x", "1"]).is_err()
+        );
         assert!(Cli::try_parse_from(["onionvpn-relay", "statuss"]).is_err());
         assert!(Cli::try_parse_from(["onionvpn-relay", "--bogus"]).is_err());
     }

@@ -16,6 +16,8 @@ use onionvpn_directory::policy::{ExitPolicy, PolicyAction, PortRule, MAX_POLICY_
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use onionvpn_pay::ldk::LdkConfig;
+
 use crate::keys::RotationPolicy;
 use crate::limits::CircuitRateConfig;
 
@@ -74,6 +76,14 @@ pub enum ConfigError {
         value: String,
         /// The allowed range or form.
         allowed: String,
+    },
+    /// A `[lightning]` value is not allowed (the key is named from inside `[lightning]`).
+    #[error("config key `{key}`: {detail}")]
+    Lightning {
+        /// Dotted key path, e.g. `lightning.listen`.
+        key: String,
+        /// What is wrong and what is allowed.
+        detail: String,
     },
     /// The network key file could not be read or parsed.
     #[error("config key `network.key_file` = {}: {source}", path.display())]
@@ -134,6 +144,10 @@ pub struct Config {
     pub ln_node_id: Option<[u8; 33]>,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[lightning]`: the embedded Lightning node that gets paid (absent: the relay charges
+    /// nothing, whatever its prices; see docs/operator.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lightning: Option<LdkConfig>,
 }
 
 impl Default for Config {
@@ -152,6 +166,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             ln_node_id: None,
             metrics: MetricsConfig::default(),
+            lightning: None,
         }
     }
 }
@@ -489,10 +504,17 @@ impl Default for MetricsConfig {
 /// Dotted paths of every key of the configuration (from the serialised default), e.g.
 /// `listen`, `exit.policy.rules`.
 pub fn known_keys() -> BTreeSet<String> {
-    match toml::Table::try_from(Config::default()) {
+    let mut keys = match toml::Table::try_from(Config::default()) {
         Ok(t) => key_paths(&t),
         Err(_) => BTreeSet::new(),
-    }
+    };
+    // `[lightning]` is absent by default; its keys come from the payments crate.
+    keys.extend(
+        onionvpn_pay::ldk::config::KEYS
+            .iter()
+            .map(|k| format!("lightning.{k}")),
+    );
+    keys
 }
 
 /// Dotted paths of the keys of a TOML table (tables are descended into, arrays are leaves).
@@ -681,6 +703,19 @@ impl Config {
             1,
             90,
         )?;
+        if let Some(l) = &self.lightning {
+            // Values only: the storage directory is resolved against the data dir at start.
+            l.validate(Path::new("/")).map_err(|e| match e {
+                onionvpn_pay::PayError::Invalid { what, detail } => ConfigError::Lightning {
+                    key: what.to_owned(),
+                    detail,
+                },
+                other => ConfigError::Lightning {
+                    key: "lightning".into(),
+                    detail: other.to_string(),
+                },
+            })?;
+        }
         if !self.metrics.listen.ip().is_loopback() {
             return Err(invalid(
                 "metrics.listen",
@@ -730,6 +765,11 @@ impl Config {
             ));
         }
         Ok(vec![self.listen])
+    }
+
+    /// Whether the relay's prices charge anything.
+    pub fn charges(&self) -> bool {
+        self.prices.msat_per_mib > 0 || self.prices.msat_per_min > 0
     }
 
     /// Descriptor prices.

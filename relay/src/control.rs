@@ -1,9 +1,12 @@
 //! The local control socket: a unix stream socket `<data dir>/control.sock` (mode 0600, in
 //! the 0700 data directory) on which the running relay answers `status` with a
-//! [`StatusReport`] as TOML. `onionvpn-relay status` is its client.
+//! [`StatusReport`] as TOML, and `wallet <command>` with a [`WalletAnswer`] as TOML (the
+//! Lightning node's store is single-process, so `onionvpn-relay wallet` forwards its command
+//! to the running relay). `onionvpn-relay status` and `wallet` are its clients.
 //!
-//! Protocol: the client sends one line (`status\n`); the relay answers and closes. Unknown
-//! requests get `error = "..."`. Only the relay's user can connect (file mode and directory).
+//! Protocol: the client sends one line (`status\n`, `wallet balance\n`); the relay answers
+//! and closes. Unknown or malformed requests get `error = "..."`. Only the relay's user can
+//! connect (file mode and directory).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -20,15 +23,20 @@ use tokio::sync::watch;
 
 use crate::local_endpoint::{self, Limits};
 
+use onionvpn_pay::ldk::wallet_cmd::{self, WalletAnswer, WalletCommand};
+use onionvpn_pay::ldk::LdkRail;
+
 use crate::status::StatusReport;
 
 /// File name of the control socket in the data directory.
 pub const SOCKET_NAME: &str = "control.sock";
 
-/// Longest request line, bytes.
-const MAX_REQUEST: usize = 64;
+/// Longest request line, bytes (a wallet command carrying a BOLT11 invoice is the longest).
+const MAX_REQUEST: usize = 7 + wallet_cmd::MAX_LINE;
 /// Time a client has for its request and to read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a wallet command may run (paying an invoice waits for the payment's outcome).
+pub const WALLET_TIMEOUT: Duration = Duration::from_secs(180);
 /// Clients served at once.
 const MAX_CONCURRENT: usize = 4;
 
@@ -60,8 +68,8 @@ pub enum ControlError {
         /// OS error.
         source: std::io::Error,
     },
-    /// The answer was not a status report.
-    #[error("control socket: unexpected answer: {0}")]
+    /// The relay answered with an error, or something that is not the expected answer.
+    #[error("{0}")]
     BadAnswer(String),
 }
 
@@ -99,19 +107,52 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(l)
 }
 
+/// The relay's Lightning node, for `wallet` requests.
+#[derive(Clone, Debug)]
+pub struct WalletAccess {
+    /// The node.
+    pub rail: Arc<LdkRail>,
+    /// Where the node should accept Lightning peers besides its listening address (checked
+    /// by `wallet receive-check`).
+    pub reach: Vec<std::net::SocketAddr>,
+}
+
+fn error_answer(message: &str) -> String {
+    format!("error = {:?}\n", message)
+}
+
 /// What the relay answers to one request line.
-fn answer(request: &[u8], status: impl FnOnce() -> StatusReport) -> String {
+async fn answer(
+    request: &[u8],
+    status: impl FnOnce() -> StatusReport,
+    wallet: Option<&WalletAccess>,
+) -> String {
     let line = String::from_utf8_lossy(request);
-    match line.trim() {
-        "status" => {
-            toml::to_string(&status()).unwrap_or_else(|e| format!("error = {:?}\n", e.to_string()))
-        }
+    let line = line.trim();
+    if let Some(rest) = line.strip_prefix("wallet ") {
+        let Some(w) = wallet else {
+            return error_answer("this relay runs without a [lightning] section: it has no wallet");
+        };
+        let cmd = match WalletCommand::parse_line(rest) {
+            Ok(c) => c,
+            Err(e) => return error_answer(&e.to_string()),
+        };
+        let run = wallet_cmd::execute(&w.rail, &cmd, &w.reach);
+        return match tokio::time::timeout(WALLET_TIMEOUT, run).await {
+            Ok(Ok(a)) => toml::to_string(&a).unwrap_or_else(|e| error_answer(&e.to_string())),
+            Ok(Err(e)) => error_answer(&e.to_string()),
+            Err(_) => error_answer(&format!(
+                "no outcome within {WALLET_TIMEOUT:?}; see `wallet channels` / `balance`"
+            )),
+        };
+    }
+    match line {
+        "status" => toml::to_string(&status()).unwrap_or_else(|e| error_answer(&e.to_string())),
         other => {
             let shown: String = other.chars().take(32).collect();
-            format!(
-                "error = {:?}\n",
-                format!("unknown request {shown:?}; known: status")
-            )
+            error_answer(&format!(
+                "unknown request {shown:?}; known: status, wallet <command>"
+            ))
         }
     }
 }
@@ -121,25 +162,36 @@ pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     status: Arc<dyn Fn() -> StatusReport + Send + Sync>,
+    wallet: Option<WalletAccess>,
     shutdown: watch::Receiver<bool>,
 ) {
+    // The whole exchange may last as long as a wallet command; reading the request line is
+    // bounded by IO_TIMEOUT below, so a client that sends nothing frees its slot as before.
     let limits = Limits {
         name: "control",
         concurrent: MAX_CONCURRENT,
-        io_timeout: IO_TIMEOUT,
+        io_timeout: WALLET_TIMEOUT + IO_TIMEOUT,
     };
+    let wallet = wallet.map(Arc::new);
     let handle = move |mut sock: UnixStream| {
         let status = status.clone();
+        let wallet = wallet.clone();
         async move {
-            let mut buf = Vec::with_capacity(MAX_REQUEST);
-            let mut byte = [0u8; 1];
-            while buf.len() < MAX_REQUEST {
-                if sock.read(&mut byte).await? == 0 || byte[0] == b'\n' {
-                    break;
+            let buf = tokio::time::timeout(IO_TIMEOUT, async {
+                let mut buf = Vec::with_capacity(64);
+                let mut byte = [0u8; 1];
+                while buf.len() < MAX_REQUEST {
+                    if sock.read(&mut byte).await? == 0 || byte[0] == b'\n' {
+                        break;
+                    }
+                    buf.push(byte[0]);
                 }
-                buf.push(byte[0]);
-            }
-            sock.write_all(answer(&buf, || status()).as_bytes()).await?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            let text = answer(&buf, || status(), wallet.as_deref()).await;
+            sock.write_all(text.as_bytes()).await?;
             sock.shutdown().await
         }
     };
@@ -152,8 +204,9 @@ struct ErrorAnswer {
     error: String,
 }
 
-/// Asks the relay whose control socket is `path` for its status (blocking; for the CLI).
-pub fn query_status(path: &Path) -> Result<StatusReport, ControlError> {
+/// Sends one request line to the relay whose control socket is `path` and returns its
+/// answer (blocking; for the CLI). An `error = ...` answer is [`ControlError::BadAnswer`].
+fn request(path: &Path, line: &str, read_timeout: Duration) -> Result<String, ControlError> {
     let io = |context, source| ControlError::Io {
         path: path.to_path_buf(),
         context,
@@ -163,11 +216,12 @@ pub fn query_status(path: &Path) -> Result<StatusReport, ControlError> {
         path: path.to_path_buf(),
         source,
     })?;
-    s.set_read_timeout(Some(IO_TIMEOUT))
+    s.set_read_timeout(Some(read_timeout))
         .map_err(|e| io("setting a timeout", e))?;
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|e| io("setting a timeout", e))?;
-    s.write_all(b"status\n").map_err(|e| io("sending", e))?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| io("sending", e))?;
     let mut text = String::new();
     s.take(1 << 20)
         .read_to_string(&mut text)
@@ -175,6 +229,24 @@ pub fn query_status(path: &Path) -> Result<StatusReport, ControlError> {
     if let Ok(e) = toml::from_str::<ErrorAnswer>(&text) {
         return Err(ControlError::BadAnswer(e.error));
     }
+    Ok(text)
+}
+
+/// Asks the relay whose control socket is `path` for its status (blocking; for the CLI).
+pub fn query_status(path: &Path) -> Result<StatusReport, ControlError> {
+    let text = request(path, "status", IO_TIMEOUT)?;
+    toml::from_str(&text).map_err(|e| ControlError::BadAnswer(e.to_string()))
+}
+
+/// Runs a wallet command in the relay whose control socket is `path` (blocking; for the
+/// CLI). [`ControlError::NotRunning`] means no relay answers: the caller may then run the
+/// command on the node itself.
+pub fn query_wallet(path: &Path, cmd: &WalletCommand) -> Result<WalletAnswer, ControlError> {
+    let text = request(
+        path,
+        &format!("wallet {}", cmd.to_line()),
+        WALLET_TIMEOUT + IO_TIMEOUT,
+    )?;
     toml::from_str(&text).map_err(|e| ControlError::BadAnswer(e.to_string()))
 }
 
@@ -199,7 +271,13 @@ mod tests {
             ..StatusReport::default()
         };
         let r2 = report.clone();
-        let task = tokio::spawn(serve(l, path.clone(), Arc::new(move || r2.clone()), rx));
+        let task = tokio::spawn(serve(
+            l,
+            path.clone(),
+            Arc::new(move || r2.clone()),
+            None,
+            rx,
+        ));
         let p = path.clone();
         let got = tokio::task::spawn_blocking(move || query_status(&p))
             .await
@@ -218,6 +296,13 @@ mod tests {
         .await
         .unwrap();
         assert!(raw.contains("unknown request"), "{raw}");
+        // A wallet request to a relay without [lightning] is a typed error, not a hang.
+        let p = path.clone();
+        let e = tokio::task::spawn_blocking(move || query_wallet(&p, &WalletCommand::Balance))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("[lightning]"), "{e}");
         tx.send(true).unwrap();
         task.await.unwrap();
         assert!(!path.exists(), "socket removed on shutdown");

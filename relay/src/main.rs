@@ -1,6 +1,8 @@
 //! `onionvpn-relay`: `init` writes keys and a commented config; `run` (the default) runs the
-//! relay until SIGTERM or SIGINT, then shuts down cleanly and exits 0; `check` runs the
-//! self-test from outside; `status` asks the running relay over its control socket.
+//! relay until SIGTERM or SIGINT, then shuts down cleanly (the Lightning node last) and exits
+//! 0; `check` runs the self-test from outside; `status` asks the running relay over its
+//! control socket; `wallet` forwards a wallet command to it, or runs the node for the command
+//! when the relay is not running.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,12 +10,20 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
-use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget};
+use std::path::Path;
+use std::sync::Arc;
+
+use onionvpn_pay::ldk::wallet_cmd::{self, WalletAnswer, WalletCommand};
+use onionvpn_pay::ldk::{LdkConfig, LdkRail};
+use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget, LightningProbe};
 use onionvpn_relay::cli::{
-    control_socket, earnings, init, prepare_check, prepare_run, unix_now, Cli, Command, Env,
+    control_socket, earnings, init, ln_reach, load_config, prepare_check, prepare_run, unix_now,
+    Cli, CliError, Command, Env,
 };
 use onionvpn_relay::config::LogLevel;
+use onionvpn_relay::control::{query_wallet, ControlError, WalletAccess};
 use onionvpn_relay::notify::Notifier;
+use onionvpn_relay::payments::{ledger_dir, PaymentsSetup};
 use onionvpn_relay::{start_relay_with_keys, RelayHandle, RuntimeOptions};
 use tracing::{error, info, warn};
 
@@ -24,7 +34,7 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.action() {
         Command::Init => match init(&cli, &env, unix_now()) {
             Ok(report) => {
                 let _ = write!(std::io::stdout().lock(), "{report}");
@@ -48,7 +58,70 @@ fn main() -> ExitCode {
         },
         Command::Check => check(&cli, &env),
         Command::Status => status(&cli, &env),
+        Command::Wallet { command } => match wallet(&cli, &env, &command) {
+            Ok(answer) => {
+                let _ = write!(std::io::stdout().lock(), "{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("onionvpn-relay: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Worker threads of the Lightning node's runtime (ldk-node needs a multi-threaded one; its
+/// work is light next to the relay's).
+const LDK_WORKERS: usize = 2;
+
+fn ldk_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(LDK_WORKERS)
+        .thread_name("onionvpn-ldk")
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Wallet(format!("cannot start the Lightning runtime: {e}")))
+}
+
+/// Runs `cmd` against the relay's node, standalone (the relay is not running).
+fn standalone(
+    ln: &LdkConfig,
+    data_dir: &Path,
+    cmd: &WalletCommand,
+    reach: &[std::net::SocketAddr],
+) -> Result<WalletAnswer, CliError> {
+    let rt = ldk_runtime()?;
+    rt.block_on(wallet_cmd::run_standalone(ln, data_dir, cmd, reach))
+        .map_err(|e| CliError::Wallet(e.to_string()))
+}
+
+/// `onionvpn-relay wallet …`: forwarded to the running relay over its control socket; when
+/// no relay answers there, run on the node started here.
+fn wallet(cli: &Cli, env: &Env, cmd: &WalletCommand) -> Result<WalletAnswer, CliError> {
+    let path = control_socket(cli, env)?;
+    match query_wallet(&path, cmd) {
+        Ok(a) => return Ok(a),
+        Err(ControlError::NotRunning { .. }) => {}
+        Err(e) => return Err(CliError::Wallet(e.to_string())),
+    }
+    let (config, data_dir) = load_config(cli, env)?;
+    let ln = config.lightning.as_ref().ok_or_else(|| {
+        CliError::Wallet("the config has no [lightning] section: this relay has no wallet".into())
+    })?;
+    let reach = ln_reach(&config.advertised().unwrap_or_default(), ln);
+    standalone(ln, &data_dir, cmd, &reach)
+}
+
+/// The Lightning receive check for `check`: asked of the running relay, else run on the node
+/// started here; `None` without `[lightning]`.
+fn lightning_probe(cli: &Cli, env: &Env) -> Option<LightningProbe> {
+    let (config, _) = load_config(cli, env).ok()?;
+    config.lightning.as_ref()?;
+    Some(match wallet(cli, env, &WalletCommand::ReceiveCheck) {
+        Ok(a) => LightningProbe::from_answer(&a),
+        Err(e) => LightningProbe::Fail(e.to_string()),
+    })
 }
 
 fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
@@ -81,13 +154,14 @@ fn status(cli: &Cli, env: &Env) -> ExitCode {
 }
 
 fn check(cli: &Cli, env: &Env) -> ExitCode {
-    let setup = match prepare_check(cli, env) {
+    let mut setup = match prepare_check(cli, env) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("onionvpn-relay: {e}");
             return ExitCode::FAILURE;
         }
     };
+    setup.target.lightning = lightning_probe(cli, env);
     let Some(rt) = current_thread_runtime() else {
         return ExitCode::FAILURE;
     };
@@ -112,7 +186,20 @@ fn check(cli: &Cli, env: &Env) -> ExitCode {
 
 /// The start-up self-test: the same checks as `check`, from a separate DHT node and a
 /// separate socket; failures are logged and kept for `status`.
-async fn self_test(handle: &RelayHandle, target: CheckTarget, bootstrap: &[String]) {
+async fn self_test(
+    handle: &RelayHandle,
+    mut target: CheckTarget,
+    bootstrap: &[String],
+    wallet: Option<&WalletAccess>,
+) {
+    if let Some(w) = wallet {
+        target.lightning = Some(
+            match wallet_cmd::execute(&w.rail, &WalletCommand::ReceiveCheck, &w.reach).await {
+                Ok(a) => LightningProbe::from_answer(&a),
+                Err(e) => LightningProbe::Fail(e.to_string()),
+            },
+        );
+    }
     let dht = match check_dht(bootstrap) {
         Ok(d) => d,
         Err(e) => {
@@ -122,9 +209,9 @@ async fn self_test(handle: &RelayHandle, target: CheckTarget, bootstrap: &[Strin
     };
     let report = run_checks(&target, &dht, &CheckOptions::default(), unix_now()).await;
     for line in report.to_string().lines() {
-        if line.starts_with("FAIL") {
+        if line.starts_with("FAIL") || line.starts_with("WARN") {
             warn!("self-test: {line}");
-            handle.record_error(&format!("self-test: {}", line.trim_start_matches("FAIL  ")));
+            handle.record_error(&format!("self-test: {line}"));
         } else {
             info!("self-test: {line}");
         }
@@ -167,14 +254,26 @@ fn run(cli: &Cli, env: &Env) -> ExitCode {
     let network = setup.config.network();
     let exit_enabled = setup.config.exit.enabled;
     let bootstrap = setup.config.dht.bootstrap.clone();
-    rt.block_on(async move {
-        let handle = match start_relay_with_keys(
-            setup.config,
-            setup.keys,
-            RuntimeOptions::default(),
-        )
-        .await
-        {
+    // The Lightning node runs on its own runtime, started before the relay and stopped after
+    // it, so that no payment arrives while nobody records it.
+    let (ldk_rt, wallet) = match start_lightning(&setup) {
+        Ok(v) => v,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut opts = RuntimeOptions::default();
+    if let Some(w) = &wallet {
+        opts.payments = Some(PaymentsSetup {
+            rail: w.rail.clone(),
+            ledger_dir: ledger_dir(&setup.data_dir),
+        });
+        opts.wallet = Some(w.clone());
+    }
+    let rail = wallet.as_ref().map(|w| w.rail.clone());
+    let code = rt.block_on(async move {
+        let handle = match start_relay_with_keys(setup.config, setup.keys, opts).await {
             Ok(h) => h,
             Err(e) => {
                 error!("relay failed to start: {e}");
@@ -203,7 +302,7 @@ fn run(cli: &Cli, env: &Env) -> ExitCode {
                 Ok(n) => {
                     let target =
                         CheckTarget::from_descriptor(&handle.descriptor(), n, exit_enabled);
-                    self_test(&handle, target, &bootstrap).await;
+                    self_test(&handle, target, &bootstrap, wallet.as_ref()).await;
                 }
                 Err(e) => warn!("self-test skipped: {e}"),
             }
@@ -230,7 +329,43 @@ fn run(cli: &Cli, env: &Env) -> ExitCode {
             _ = watchdog => unreachable_pending(),
         };
         stop(handle, &notifier, r).await
-    })
+    });
+    if let (Some(rt), Some(rail)) = (ldk_rt, rail) {
+        // Unacknowledged payments stay in the node's queue and come again at the next start.
+        match rt.block_on(rail.stop()) {
+            Ok(()) => info!("lightning node stopped"),
+            Err(e) => warn!("stopping the lightning node: {e}"),
+        }
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+    code
+}
+
+/// Starts the Lightning node of `[lightning]` on its own runtime, or warns that the relay
+/// charges nothing without one.
+fn start_lightning(
+    setup: &onionvpn_relay::cli::RunSetup,
+) -> Result<(Option<tokio::runtime::Runtime>, Option<WalletAccess>), CliError> {
+    let Some(ln) = &setup.config.lightning else {
+        if setup.config.charges() {
+            warn!(
+                "prices are set but there is no [lightning] section: this relay charges \
+                 nothing and enforces no payment (add [lightning] to get paid; see \
+                 docs/operator.md)"
+            );
+        }
+        return Ok((None, None));
+    };
+    let rt = ldk_runtime()?;
+    let rail: Arc<LdkRail> = rt
+        .block_on(LdkRail::start(ln, &setup.data_dir))
+        .map_err(|e| CliError::Wallet(format!("lightning node did not start: {e}")))?;
+    info!(
+        node_id = %wallet_cmd::hex(&onionvpn_pay::PaymentRail::node_id(&*rail).0),
+        "lightning node running"
+    );
+    let reach = ln_reach(&setup.config.advertised().unwrap_or_default(), ln);
+    Ok((Some(rt), Some(WalletAccess { rail, reach })))
 }
 
 /// Never called: the futures it stands for never complete.

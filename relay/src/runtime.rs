@@ -96,6 +96,9 @@ pub struct RuntimeOptions {
     pub payments: Option<PaymentsSetup>,
     /// Serve the control socket (`<data dir>/control.sock`) that `onionvpn-relay status` reads.
     pub control_socket: bool,
+    /// The Lightning node that `wallet` requests on the control socket run against (`None`:
+    /// they are answered with an error).
+    pub wallet: Option<crate::control::WalletAccess>,
 }
 
 impl Default for RuntimeOptions {
@@ -112,6 +115,7 @@ impl Default for RuntimeOptions {
             pex: publish::PexOptions::default(),
             payments: None,
             control_socket: true,
+            wallet: None,
         }
     }
 }
@@ -668,6 +672,7 @@ async fn start_inner(
                         l,
                         path.clone(),
                         Arc::new(move || s.status()),
+                        opts.wallet.clone(),
                         shutdown.clone(),
                     ));
                     Some(path)

@@ -289,6 +289,7 @@ pub fn client_config(
         budget_msat: 1_000_000,
         log_sensitive: false,
         tun: None,
+        lightning: None,
     }
 }
 

@@ -7,9 +7,25 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::PayError;
+
+/// Every key of the `[lightning]` table, dotted from inside it (a test keeps this in step
+/// with [`LdkConfig`]; the relay's and client's unknown-key checks use it).
+pub const KEYS: &[&str] = &[
+    "alias",
+    "bitcoind.host",
+    "bitcoind.password",
+    "bitcoind.port",
+    "bitcoind.user",
+    "esplora.url",
+    "listen",
+    "log_level",
+    "max_routing_fee_msat",
+    "network",
+    "storage",
+];
 
 /// Longest node alias BOLT 7 allows (32 bytes).
 const MAX_ALIAS_LEN: usize = 32;
@@ -30,7 +46,7 @@ const MAX_ALIAS_LEN: usize = 32;
 /// user = "u"
 /// password = "p"
 /// ```
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LdkConfig {
     /// Which Bitcoin network the node runs on.
@@ -70,7 +86,7 @@ fn default_max_routing_fee_msat() -> u64 {
 }
 
 /// A Bitcoin network.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LdkNetwork {
     /// Mainnet.
@@ -82,7 +98,7 @@ pub enum LdkNetwork {
 }
 
 /// An Esplora chain source.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EsploraConfig {
     /// Base URL of the Esplora HTTP API.
@@ -90,7 +106,7 @@ pub struct EsploraConfig {
 }
 
 /// A bitcoind JSON-RPC chain source.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BitcoindConfig {
     /// RPC host name or address.
@@ -116,7 +132,7 @@ impl fmt::Debug for BitcoindConfig {
 }
 
 /// Log level of the node's log file.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LdkLogLevel {
     /// Everything, including per-message traces.
@@ -338,6 +354,22 @@ password = "secret"
             url: "ftp://e".into(),
         });
         assert_eq!(err_of(&c).0, "lightning.esplora.url");
+    }
+
+    #[test]
+    fn keys_list_matches_the_struct() {
+        let mut c = parse(BASE);
+        c.esplora = Some(EsploraConfig { url: "u".into() });
+        let t = toml::Table::try_from(&c).unwrap();
+        let mut got = Vec::new();
+        for (k, v) in &t {
+            match v {
+                toml::Value::Table(sub) => got.extend(sub.keys().map(|s| format!("{k}.{s}"))),
+                _ => got.push(k.clone()),
+            }
+        }
+        got.sort();
+        assert_eq!(got, KEYS);
     }
 
     #[test]

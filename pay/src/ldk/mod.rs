@@ -12,6 +12,7 @@
 pub mod config;
 mod events;
 mod wallet;
+pub mod wallet_cmd;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ use crate::{PayError, PaymentRail, TOKEN_TLV_TYPE};
 const SEED_FILE: &str = "keys_seed";
 /// Name of the node's own log file in its storage directory.
 const LOG_FILE: &str = "ldk_node.log";
+/// Lock file in the storage directory: held while a process runs the node, because
+/// ldk-node's store must not be used by two processes at once.
+const LOCK_FILE: &str = "onionvpn.lock";
 /// Channel-event history kept for slow subscribers.
 const CHANNEL_EVENT_BACKLOG: usize = 64;
 
@@ -79,6 +83,8 @@ pub struct LdkRail {
     ack_tx: mpsc::UnboundedSender<PaymentId>,
     stop_tx: watch::Sender<bool>,
     pump: Mutex<Option<JoinHandle<()>>>,
+    /// Held (locked) for the rail's life; see [`LOCK_FILE`].
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for LdkRail {
@@ -159,6 +165,7 @@ impl LdkRail {
             });
         }
         let storage_dir = cfg.storage_dir.clone();
+        let lock = lock_store(&storage_dir)?;
         let build_cfg = cfg.clone();
         let node = tokio::task::spawn_blocking(move || build_node(&build_cfg, handle))
             .await
@@ -192,6 +199,7 @@ impl LdkRail {
             ack_tx,
             stop_tx,
             pump: Mutex::new(Some(pump)),
+            _lock: lock,
         }))
     }
 
@@ -317,6 +325,25 @@ fn build_node(cfg: &ValidConfig, handle: tokio::runtime::Handle) -> Result<Node,
     set_mode(&cfg.storage_dir.join(SEED_FILE), 0o600)?;
     node.start().map_err(|e| node_err("starting node", e))?;
     Ok(node)
+}
+
+/// Creates the storage directory and takes its lock, or says who holds it.
+fn lock_store(dir: &Path) -> Result<std::fs::File, PayError> {
+    create_private_dir(dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| io_err("opening the store lock", e))?;
+    // flock(2), not `File::try_lock`: the crate's MSRV (1.85) predates it.
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(PayError::StoreInUse {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(io_err("locking the store", e.into())),
+    }
 }
 
 #[cfg(unix)]

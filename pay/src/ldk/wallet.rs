@@ -14,6 +14,8 @@ use crate::PayError;
 pub struct ChannelInfo {
     /// Channel id.
     pub channel_id: [u8; 32],
+    /// The node's local id for the channel (what closing it takes).
+    pub user_channel_id: u128,
     /// The peer.
     pub counterparty: NodeId,
     /// Channel size in satoshi.
@@ -58,6 +60,7 @@ impl LdkRail {
             .into_iter()
             .map(|c| ChannelInfo {
                 channel_id: c.channel_id.0,
+                user_channel_id: c.user_channel_id.0,
                 counterparty: NodeId(c.counterparty_node_id.serialize()),
                 value_sat: c.channel_value_sats,
                 outbound_msat: c.outbound_capacity_msat,
