@@ -110,29 +110,28 @@ pub struct ExitSettings {
     pub connect_timeout: Duration,
 }
 
-/// Resolves (if needed), checks the policy against every candidate address, and connects.
-pub async fn connect(
-    target: &Target,
-    flags: BeginFlags,
-    settings: &ExitSettings,
-) -> Result<(TcpStream, IpAddr), EndReason> {
-    let port = target.port.get();
-    let policy = &settings.policy;
-    let candidates: Vec<IpAddr> = match &target.host {
-        Host::V4(ip) => vec![IpAddr::V4(*ip)],
-        Host::V6(ip) => vec![IpAddr::V6(*ip)],
-        Host::Name(name) => {
-            if !policy.allows(&PolicyTarget::Host(name.as_str()), port) {
-                return Err(EndReason::ExitPolicy);
-            }
-            let lookup = tokio::net::lookup_host((name.as_str(), port));
-            match tokio::time::timeout(settings.connect_timeout, lookup).await {
-                Err(_) => return Err(EndReason::Timeout),
-                Ok(Err(_)) => return Err(EndReason::ResolveFailed),
-                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-            }
+/// The exit policy's check of a BEGIN before any resolution: a hostname is checked by port
+/// (its addresses are checked again by [`usable_addresses`]). Sans-IO: the simulator's
+/// exits run this same check.
+pub fn check_before_resolving(target: &Target, policy: &ExitPolicy) -> Result<(), EndReason> {
+    if let Host::Name(name) = &target.host {
+        if !policy.allows(&PolicyTarget::Host(name.as_str()), target.port.get()) {
+            return Err(EndReason::ExitPolicy);
         }
-    };
+    }
+    Ok(())
+}
+
+/// The addresses of a destination (literal or resolved) a stream may connect to, in the
+/// order to try them: those of a family the client accepts (`flags`) and that the policy
+/// allows on `port` (a hostname must not reach the operator's network), preferred family
+/// first. Sans-IO: the simulator's exits run this same check.
+pub fn usable_addresses(
+    candidates: Vec<IpAddr>,
+    port: u16,
+    flags: BeginFlags,
+    policy: &ExitPolicy,
+) -> Result<Vec<IpAddr>, EndReason> {
     let mut usable: Vec<IpAddr> = candidates
         .into_iter()
         .filter(|ip| match ip {
@@ -143,13 +142,37 @@ pub async fn connect(
     if usable.is_empty() {
         return Err(EndReason::ResolveFailed);
     }
-    // The resolved address is checked again: a hostname must not reach the operator's network.
     usable.retain(|ip| policy.allows(&PolicyTarget::Ip(*ip), port));
     if usable.is_empty() {
         return Err(EndReason::ExitPolicy);
     }
     let prefer_v6 = flags.ipv6_preferred();
     usable.sort_by_key(|ip| ip.is_ipv6() != prefer_v6);
+    Ok(usable)
+}
+
+/// Resolves (if needed), checks the policy against every candidate address, and connects.
+pub async fn connect(
+    target: &Target,
+    flags: BeginFlags,
+    settings: &ExitSettings,
+) -> Result<(TcpStream, IpAddr), EndReason> {
+    let port = target.port.get();
+    let policy = &settings.policy;
+    check_before_resolving(target, policy)?;
+    let candidates: Vec<IpAddr> = match &target.host {
+        Host::V4(ip) => vec![IpAddr::V4(*ip)],
+        Host::V6(ip) => vec![IpAddr::V6(*ip)],
+        Host::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            match tokio::time::timeout(settings.connect_timeout, lookup).await {
+                Err(_) => return Err(EndReason::Timeout),
+                Ok(Err(_)) => return Err(EndReason::ResolveFailed),
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+            }
+        }
+    };
+    let usable = usable_addresses(candidates, port, flags, policy)?;
     let mut reason = EndReason::ConnectRefused;
     for ip in usable {
         let addr = SocketAddr::new(ip, port);

@@ -9,6 +9,8 @@
     )
 )]
 
+pub mod calibrate;
+pub mod cpu;
 pub mod net;
 pub mod output;
 pub mod queue;

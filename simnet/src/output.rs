@@ -103,6 +103,10 @@ pub struct RelayRow {
     pub payments: u64,
     /// Earnings, msat.
     pub earnings_msat: u64,
+    /// Streams it refused (exit policy).
+    pub refused_streams: u64,
+    /// Virtual CPU time it spent, ms (the CPU model).
+    pub cpu_ms: f64,
 }
 
 /// Everything a run produced.
@@ -127,6 +131,8 @@ pub struct Outputs {
     pub events: u64,
     /// Cells sent over links.
     pub cells: u64,
+    /// Relays going down (`false`) and up (`true`) under churn: (ms, relay, up).
+    pub churn: Vec<(f64, u32, bool)>,
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -329,12 +335,12 @@ impl Outputs {
         write(dir, "payments.csv", &s)?;
         let mut s = String::from(
             "relay,exit,bandwidth_bps,msat_per_mib,msat_per_min,adversary,circuits,refused,cells,\
-             payment_required,protocol_errors,payments,earnings_msat\n",
+             payment_required,protocol_errors,payments,earnings_msat,refused_streams,cpu_ms\n",
         );
         for r in &self.relays {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3}",
                 r.relay,
                 r.exit,
                 r.bandwidth_bps,
@@ -347,7 +353,9 @@ impl Outputs {
                 r.payment_required,
                 r.protocol_errors,
                 r.payments,
-                r.earnings_msat
+                r.earnings_msat,
+                r.refused_streams,
+                r.cpu_ms
             );
         }
         write(dir, "relays.csv", &s)?;

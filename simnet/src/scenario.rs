@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::cpu::CpuCosts;
 use crate::SimError;
 
 /// A whole scenario.
@@ -33,6 +34,95 @@ pub struct Scenario {
     /// Relay churn.
     #[serde(default)]
     pub churn: Option<Churn>,
+    /// The CPU model (on by default, with the shipped calibration).
+    #[serde(default)]
+    pub cpu: CpuSection,
+}
+
+/// The CPU model of a scenario: cores, who shares them, and overrides of the calibrated
+/// costs (`simnet/calibration.toml`; any cost left out keeps its calibrated value).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSection {
+    /// Whether work costs virtual time at all (off: every node is infinitely fast).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Cores of each node: a node runs one circuit's work in order on one of them.
+    #[serde(default = "default_cores")]
+    pub cores: usize,
+    /// When set, every node runs on one host with this many cores (the loopback harness:
+    /// six relays and the client in one process on one machine).
+    #[serde(default)]
+    pub shared_host_cores: Option<usize>,
+    /// Every calibrated cost multiplied by this (a slower or faster machine).
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Override: ns per relay-crypto layer per cell.
+    pub layer_ns: Option<f64>,
+    /// Override: ns per lone cell per link side.
+    pub link_msg_ns: Option<f64>,
+    /// Override: ns per cell of a burst per link side.
+    pub link_cell_ns: Option<f64>,
+    /// Override: ns for the client to start one hop's handshake.
+    pub client_create_ns: Option<f64>,
+    /// Override: ns for a relay to answer a CREATE.
+    pub relay_accept_ns: Option<f64>,
+    /// Override: ns for the client to finish one hop's handshake.
+    pub client_finish_ns: Option<f64>,
+    /// Override: ns per side of a link handshake.
+    pub link_handshake_ns: Option<f64>,
+    /// Override: ns per payment per end.
+    pub payment_ns: Option<f64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cores() -> usize {
+    2
+}
+fn default_scale() -> f64 {
+    1.0
+}
+
+impl Default for CpuSection {
+    fn default() -> Self {
+        CpuSection {
+            enabled: true,
+            cores: default_cores(),
+            shared_host_cores: None,
+            scale: 1.0,
+            layer_ns: None,
+            link_msg_ns: None,
+            link_cell_ns: None,
+            client_create_ns: None,
+            relay_accept_ns: None,
+            client_finish_ns: None,
+            link_handshake_ns: None,
+            payment_ns: None,
+        }
+    }
+}
+
+impl CpuSection {
+    /// The costs this section gives over `base` (the calibration).
+    pub fn costs(&self, base: &CpuCosts) -> CpuCosts {
+        let c = CpuCosts {
+            layer_ns: self.layer_ns.unwrap_or(base.layer_ns),
+            link_msg_ns: self.link_msg_ns.unwrap_or(base.link_msg_ns),
+            link_cell_ns: self.link_cell_ns.unwrap_or(base.link_cell_ns),
+            client_create_ns: self.client_create_ns.unwrap_or(base.client_create_ns),
+            relay_accept_ns: self.relay_accept_ns.unwrap_or(base.relay_accept_ns),
+            client_finish_ns: self.client_finish_ns.unwrap_or(base.client_finish_ns),
+            link_handshake_ns: self.link_handshake_ns.unwrap_or(base.link_handshake_ns),
+            payment_ns: self.payment_ns.unwrap_or(base.payment_ns),
+        };
+        if self.enabled {
+            c.scaled(self.scale)
+        } else {
+            c.scaled(0.0)
+        }
+    }
 }
 
 /// The relays of the network.
@@ -55,6 +145,10 @@ pub struct Relays {
     /// KiB a relay carries unpaid before it destroys a circuit.
     #[serde(default = "default_grace")]
     pub grace_kib: u32,
+    /// Ports exits accept (inclusive ranges), in their descriptors and enforced on BEGIN;
+    /// every port when absent.
+    #[serde(default)]
+    pub exit_ports: Option<Vec<[u16; 2]>>,
 }
 
 fn default_grace() -> u32 {
@@ -95,6 +189,10 @@ pub struct Clients {
     /// How long a relay that failed a build or stalled a stream is avoided, seconds.
     #[serde(default = "default_avoid")]
     pub avoid_s: u64,
+    /// Clients that pick exits without looking at their policies (an old or broken client):
+    /// the exits' own check is then what refuses streams they do not allow.
+    #[serde(default)]
+    pub ignore_exit_policy: bool,
 }
 
 fn default_hops() -> usize {
@@ -125,6 +223,13 @@ pub struct TrafficClass {
     pub bytes: [u64; 2],
     /// The download fails if not finished within this many seconds.
     pub timeout_s: f64,
+    /// Destination port (the destination host is always `sim.example`).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    443
 }
 
 /// Where nodes are and how links behave.
@@ -292,6 +397,15 @@ impl Scenario {
         let adv: u32 = self.adversaries.iter().map(|a| a.count).sum();
         if adv > self.relays.count {
             return bad("more adversaries than relays");
+        }
+        if self.traffic.iter().any(|t| t.port == 0) {
+            return bad("traffic port ≥ 1");
+        }
+        if self.cpu.cores == 0 || self.cpu.shared_host_cores == Some(0) {
+            return bad("cpu: cores ≥ 1");
+        }
+        if !(self.cpu.scale >= 0.0 && self.cpu.scale.is_finite()) {
+            return bad("cpu.scale ≥ 0");
         }
         if self.payments.enabled && self.payments.chunk_msat == 0 {
             return bad("payments.chunk_msat > 0");

@@ -9,7 +9,7 @@
 //! between nodes (here with virtual latency and bandwidth), timers, the destination server
 //! and the decisions of the shells (which circuit a download uses, when to pay).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
@@ -37,9 +37,11 @@ use onionvpn_proto::consts::{CELL_BODY_LEN, RELAY_BODY_MAX};
 use onionvpn_proto::crypto::handshake::{OnionSecretKey, ReplayCache};
 use onionvpn_proto::ext::PaymentTerms;
 use onionvpn_proto::relaymsg::{EndReason, Host, Hostname, StreamId, Target};
+use onionvpn_relay::exit::{check_before_resolving, usable_addresses};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::cpu::{Cpu, CpuCosts, CpuLayout};
 use crate::net::{Access, Net};
 use crate::output::{CircuitRow, Outputs, PaymentRow, RelayRow, StreamRow};
 use crate::queue::CalendarQueue;
@@ -51,7 +53,9 @@ use crate::SimError;
 pub const START_UNIX: u64 = 1_800_000_000;
 /// Destination every download goes to (the exit "resolves" it to the simulated server).
 const DEST_HOST: &str = "sim.example";
-const DEST_PORT: u16 = 443;
+/// The address the simulated DNS gives `DEST_HOST` (a global one: exit policies refuse
+/// private addresses).
+const DEST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SEC: u64 = 1_000_000_000;
 type Body = Box<[u8; CELL_BODY_LEN]>;
 
@@ -113,6 +117,8 @@ struct Relay {
     ln: NodeId,
     adv: Option<(AdversaryKind, f64)>,
     up: bool,
+    /// The policy this relay enforces on BEGIN (the one its descriptor advertises).
+    exit_policy: ExitPolicy,
     row: RelayRow,
 }
 
@@ -196,6 +202,13 @@ pub struct World {
     sc: Scenario,
     q: CalendarQueue<Ev>,
     net: Net,
+    /// The CPU model: cores per node (or per shared host) and what work costs.
+    cpu: Cpu,
+    costs: CpuCosts,
+    /// Pairs of nodes with a link up (a link handshake was paid), smaller index first.
+    channels: HashSet<(u32, u32)>,
+    /// Set while sending a lone build message (see `link_cost`).
+    lone: bool,
     rng: StdRng,
     base: Instant,
     relays: Vec<Relay>,
@@ -318,6 +331,14 @@ impl World {
                 IpAddr::V4(Ipv4Addr::new(11 + (i % 200) as u8, (i / 200) as u8, 0, 1)),
                 9001,
             );
+            let exit_policy = match (&sc.relays.exit_ports, i < n_exits) {
+                (_, false) => ExitPolicy::reject_all(),
+                (None, true) => ExitPolicy::accept_all(),
+                (Some(ports), true) => {
+                    let r: Vec<(u16, u16)> = ports.iter().map(|p| (p[0], p[1])).collect();
+                    ExitPolicy::accept_ports(&r)
+                }
+            };
             let body = DescriptorBody {
                 network: network.id(),
                 identity,
@@ -339,11 +360,7 @@ impl World {
                     ProtoVersion { id: 2, version: 1 },
                 ],
                 family: Vec::new(),
-                exit_policy: if i < n_exits {
-                    ExitPolicy::accept_all()
-                } else {
-                    ExitPolicy::reject_all()
-                },
+                exit_policy: exit_policy.clone(),
             };
             let raw = body
                 .sign(&sk)
@@ -366,6 +383,7 @@ impl World {
                 ln: NodeId(ln),
                 adv: *adv,
                 up: true,
+                exit_policy,
                 row: RelayRow {
                     relay: i as u32,
                     exit: i < n_exits,
@@ -431,6 +449,15 @@ impl World {
                 );
             }
         }
+        let costs = sc.cpu.costs(&CpuCosts::shipped()?);
+        let cpu = Cpu::new(
+            access.len(),
+            &CpuLayout {
+                cores: sc.cpu.cores,
+                shared_host_cores: sc.cpu.shared_host_cores,
+            },
+            costs,
+        );
         let net = Net::new(access, &sc.topology.latency_ms, sc.topology.loss);
         let p = &sc.payments;
         let rail = SimRail::new(SimRailConfig {
@@ -444,6 +471,10 @@ impl World {
         Ok(World {
             q,
             net,
+            cpu,
+            costs,
+            channels: HashSet::new(),
+            lone: false,
             rng,
             // The state machines take `Instant`s; virtual time is an offset from this one
             // origin, and only differences of instants are ever used.
@@ -534,10 +565,36 @@ impl World {
 
     /// Sends a cell over link-circuit `link` (forward: from its initiator).
     fn send(&mut self, now: u64, link: u32, fwd: bool, kind: CellKind) {
+        self.send_cost(now, link, fwd, kind, 0.0);
+    }
+
+    /// Sends a cell after `work_ns` of CPU work on it at the sender (relay-crypto layers of
+    /// a cell it originates); the link's cost is added here.
+    fn send_cost(&mut self, now: u64, link: u32, fwd: bool, kind: CellKind, work_ns: f64) {
         let Some(l) = self.links.get(&link) else {
             return;
         };
         let (from, to) = if fwd { (l.a, l.b) } else { (l.b, l.a) };
+        // The sender's circuit: its work runs in order on one of the sender's lanes.
+        let key = if fwd {
+            match l.a_end {
+                End::Client(cc) | End::Relay(cc) => cc,
+            }
+        } else {
+            l.b_end.unwrap_or(link)
+        };
+        let lone = self.lone
+            || match &kind {
+                CellKind::Relay { early, .. } => *early,
+                _ => true,
+            };
+        let mut cost = work_ns + self.link_cost(lone);
+        if self.channels.insert((from.min(to), from.max(to))) {
+            // First cell between these nodes: both ends run the link handshake.
+            cost += self.costs.link_handshake_ns;
+            self.cpu.run(to, key, now, self.costs.link_handshake_ns);
+        }
+        let now = self.cpu.run(from, key, now, cost);
         let extra = match self.relays.get(from as usize).and_then(|r| r.adv) {
             Some((AdversaryKind::Delay, ms)) => (ms * 1e6) as u64,
             _ => 0,
@@ -547,6 +604,18 @@ impl World {
         }
         let at = self.net.send(&mut self.rng, now, from, to, extra);
         self.q.push(at, Ev::Cell { link, fwd, kind });
+    }
+
+    /// A link's cost for one cell: a lone message of a circuit's build or teardown (CREATE,
+    /// CREATED, DESTROY, RELAY_EARLY and the answers to EXTEND) pays a whole message (a
+    /// system call and a wake-up at each end); a cell of a stream's traffic, which the
+    /// binaries move in batches, its share of one.
+    fn link_cost(&self, lone: bool) -> f64 {
+        if lone {
+            self.costs.link_msg_ns
+        } else {
+            self.costs.link_cell_ns
+        }
     }
 
     // ----- cells -------------------------------------------------------------------
@@ -564,6 +633,27 @@ impl World {
         if (to as usize) < self.relays.len() && !self.relays[to as usize].up {
             return; // a relay that is down receives nothing
         }
+        // The receiver's CPU: the link's share, and what a relay does with the cell (the
+        // client charges its own work in `client_cell`, once it knows what the cell was).
+        let c = &self.costs;
+        let (key, work) = match (fwd, &kind, b_end, a_end) {
+            (true, CellKind::Create(_), None, _) => (link, c.relay_accept_ns),
+            (true, CellKind::Relay { .. }, Some(rc), _) => (rc, c.layer_ns),
+            (true, _, Some(rc), _) => (rc, 0.0),
+            (true, _, None, _) => (link, 0.0),
+            (false, CellKind::Relay { .. }, _, End::Relay(rc)) => (rc, c.layer_ns),
+            (false, _, _, End::Relay(rc) | End::Client(rc)) => (rc, 0.0),
+        };
+        let now = if matches!(a_end, End::Client(_)) && !fwd {
+            now
+        } else {
+            let lone = match &kind {
+                CellKind::Relay { early, .. } => *early,
+                _ => true,
+            };
+            let link = self.link_cost(lone);
+            self.cpu.run(to, key, now, work + link)
+        };
         if fwd {
             match (kind, b_end) {
                 (CellKind::Create(body), None) => self.relay_create(now, link, b, &body),
@@ -670,7 +760,28 @@ impl World {
         let action = match res {
             Ok(FromClient::Forward { early }) => Fwd::Forward(early),
             Ok(FromClient::Extend(req)) => Fwd::Extend(req.identity, req.create_body),
-            Ok(FromClient::Begin { stream, .. }) => Fwd::Begin(stream),
+            Ok(FromClient::Begin {
+                stream,
+                target,
+                flags,
+            }) => {
+                // The real exit's policy check (onionvpn-relay's exit module), with the
+                // simulated DNS answer for the destination.
+                let policy = &self.relays[relay].exit_policy;
+                let port = target.port.get();
+                let checked = check_before_resolving(&target, policy).and_then(|()| {
+                    let ip = match &target.host {
+                        Host::V4(ip) => IpAddr::V4(*ip),
+                        Host::V6(ip) => IpAddr::V6(*ip),
+                        Host::Name(_) => IpAddr::V4(DEST_IP),
+                    };
+                    usable_addresses(vec![ip], port, flags, policy)
+                });
+                match checked {
+                    Ok(_) => Fwd::Begin(stream),
+                    Err(reason) => Fwd::Refuse(stream, reason),
+                }
+            }
             Ok(FromClient::Data { stream, data }) => {
                 let mut n = [0u8; 8];
                 let k = data.len().min(8);
@@ -740,6 +851,15 @@ impl World {
                 self.q
                     .push(now + 2 * server, Ev::ExitRespond { rcirc: rc, stream });
             }
+            Fwd::Refuse(stream, reason) => {
+                self.relays[relay].row.refused_streams += 1;
+                if let Some(c) = self.rcircs.get_mut(&rc) {
+                    if let Err(e) = c.circ.stream_refused(stream, reason) {
+                        self.relay_kill(now, rc, e.destroy_reason());
+                        return;
+                    }
+                }
+            }
             Fwd::Nothing => {}
             Fwd::Fail(e) => {
                 self.relays[relay].row.protocol_errors += 1;
@@ -784,7 +904,10 @@ impl World {
             self.relay_kill(now, rc, e.destroy_reason());
             return;
         }
+        // The EXTENDED answer is a lone message.
+        self.lone = true;
         self.relay_flush(now, rc);
+        self.lone = false;
     }
 
     /// Sends the cells this hop originated, in the order it encrypts them.
@@ -800,7 +923,9 @@ impl World {
                         self.relay_kill(now, rc, DestroyReason::PaymentRequired);
                         return;
                     }
-                    self.send(
+                    // A cell this hop originates: it wraps its own layer.
+                    let layer = self.costs.layer_ns;
+                    self.send_cost(
                         now,
                         prev,
                         false,
@@ -808,6 +933,7 @@ impl World {
                             early: false,
                             body: Box::new(body),
                         },
+                        layer,
                     )
                 }
                 Ok(None) => return,
@@ -826,7 +952,7 @@ impl World {
         if c.stopped {
             return;
         }
-        let addr = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
+        let addr = Some(IpAddr::V4(DEST_IP));
         if c.circ.stream_connected(stream, addr, 300).is_err() {
             c.streams.retain(|s| s.id != stream);
         }
@@ -901,6 +1027,7 @@ impl World {
             return;
         };
         self.relays[relay as usize].up = up;
+        self.out.churn.push((now as f64 / 1e6, relay, up));
         if !up {
             // Its circuits vanish with it; neighbours see the links close.
             let mut ids: Vec<u32> = self
@@ -945,10 +1072,22 @@ impl World {
             attempts: 0,
         });
         let timeout = (t.timeout_s * 1e9) as u64;
+        let port = t.port;
         let dirty = self.sc.clients.max_dirtiness_s * SEC;
+        let ignore_policy = self.sc.clients.ignore_exit_policy;
+        let relays = &self.relays;
+        // A circuit is reused only if its exit's (advertised) policy allows the destination,
+        // as the client's circuit manager does.
         let reuse = cl.current.filter(|cc| {
             self.ccircs.get(cc).is_some_and(|x| {
-                x.opened.is_some() && x.first_stream.is_none_or(|f| now < f + dirty)
+                x.opened.is_some()
+                    && x.first_stream.is_none_or(|f| now < f + dirty)
+                    && (ignore_policy
+                        || x.hops.last().is_some_and(|e| {
+                            relays[*e as usize]
+                                .exit_policy
+                                .allows(&policy::Target::Host(DEST_HOST), port)
+                        }))
             })
         });
         match reuse {
@@ -973,6 +1112,7 @@ impl World {
             return;
         };
         dl.attempts += 1;
+        let port = self.sc.traffic[dl.class].port;
         let avoid = &cl.avoid;
         let cands: Vec<&Descriptor> = self
             .descs
@@ -981,7 +1121,10 @@ impl World {
             .collect();
         let req = PathRequest {
             hops: self.sc.clients.hops,
-            target: Some((policy::Target::Host(DEST_HOST), DEST_PORT)),
+            // A client that ignores exit policies (scenario) lets any exit be chosen; the
+            // exit's own check then refuses what its policy does not allow.
+            target: (!self.sc.clients.ignore_exit_policy)
+                .then_some((policy::Target::Host(DEST_HOST), port)),
             price_cap: Some(Prices {
                 msat_per_mib: self.sc.clients.price_cap_msat_per_mib,
                 msat_per_min: self.sc.clients.price_cap_msat_per_min,
@@ -1058,8 +1201,11 @@ impl World {
             },
         );
         self.clients[c as usize].building = Some(id);
-        self.send(now, link, true, CellKind::Create(Box::new(create)));
         self.q.push(now + timeout, Ev::BuildTimeout(id));
+        // `ClientCircuit::new` started every hop's handshake.
+        let n_hops = self.ccircs.get(&id).map_or(0, |c| c.hops.len());
+        let work = n_hops as f64 * self.costs.client_create_ns;
+        self.send_cost(now, link, true, CellKind::Create(Box::new(create)), work);
     }
 
     fn client_cell(&mut self, now: u64, cc: u32, kind: CellKind) {
@@ -1071,6 +1217,10 @@ impl World {
         if let Some(p) = c.payer.as_mut() {
             p.carried(CELL_BODY_LEN as u64);
         }
+        let layers = c.circ.hops_built();
+        let client = c.client;
+        let is_relay = matches!(kind, CellKind::Relay { .. });
+        let mut added = false;
         let mut opened = false;
         let mut connected = None;
         let mut got = 0usize;
@@ -1080,11 +1230,13 @@ impl World {
             CellKind::Created(body) => c.circ.handle_created(&body).map(|ev| {
                 if let ClientEvent::HopAdded { open, .. } = ev {
                     opened = open;
+                    added = true;
                 }
             }),
             CellKind::Relay { mut body, .. } => match c.circ.handle_relay(&mut body, inst) {
                 Ok(ClientEvent::HopAdded { open, .. }) => {
                     opened = open;
+                    added = true;
                     Ok(())
                 }
                 Ok(ClientEvent::Connected { stream, .. }) => {
@@ -1109,6 +1261,16 @@ impl World {
             CellKind::Destroy(r) => Err(CircError::Destroyed(r)),
             CellKind::Create(_) => Ok(()),
         };
+        // The client's CPU: the link, one layer per hop the cell crossed, a handshake's end.
+        let node = self.clients[client as usize].node;
+        let mut work = self.link_cost(!is_relay || added);
+        if is_relay {
+            work += layers as f64 * self.costs.layer_ns;
+        }
+        if added {
+            work += self.costs.client_finish_ns;
+        }
+        let now = self.cpu.run(node, cc, now, work);
         if let Err(e) = res {
             self.client_circ_failed(now, cc, &e);
             return;
@@ -1150,7 +1312,9 @@ impl World {
                     }
                     let link = c.link;
                     let early = oc.cmd == ChanCmd::RelayEarly;
-                    self.send(
+                    // One layer per hop the cell is wrapped for.
+                    let work = c.circ.hops_built().max(1) as f64 * self.costs.layer_ns;
+                    self.send_cost(
                         now,
                         link,
                         true,
@@ -1158,6 +1322,7 @@ impl World {
                             early,
                             body: Box::new(oc.body),
                         },
+                        work,
                     );
                 }
                 Ok(None) => return,
@@ -1250,12 +1415,16 @@ impl World {
         let Some(dl) = self.clients[c.client as usize].dl.as_ref() else {
             return;
         };
-        let target = match Hostname::from_bytes(DEST_HOST.as_bytes()) {
-            Ok(h) => Target {
+        let port = self.sc.traffic[dl.class].port;
+        let target = match (
+            Hostname::from_bytes(DEST_HOST.as_bytes()),
+            NonZeroU16::new(port),
+        ) {
+            (Ok(h), Some(port)) => Target {
                 host: Host::Name(h),
-                port: NonZeroU16::MIN.saturating_add(DEST_PORT - 1),
+                port,
             },
-            Err(_) => return,
+            _ => return,
         };
         match c.circ.begin_stream(target) {
             Ok(s) => {
@@ -1524,6 +1693,8 @@ impl World {
         for ev in events {
             match ev {
                 PayerEvent::Pay(order) => {
+                    let node = self.clients[client as usize].node;
+                    let now = self.cpu.run(node, cc, now, self.costs.payment_ns);
                     let hop = payer_hops.get(order.hop).copied().unwrap_or(0);
                     let relay = hops.get(hop).copied().unwrap_or(0);
                     let from = self.clients[client as usize].ln;
@@ -1602,6 +1773,7 @@ impl World {
                         self.relays[relay as usize].adv,
                         Some((AdversaryKind::TakePaymentAndStop, _))
                     );
+                    self.cpu.run(relay, rc, now, self.costs.payment_ns);
                     let inst = self.inst(now);
                     if let Some(c) = self.rcircs.get_mut(&rc) {
                         if let Some(a) = c.acct.as_mut() {
@@ -1685,6 +1857,9 @@ impl World {
             }
         }
         let _ = end;
+        for (i, r) in self.relays.iter_mut().enumerate() {
+            r.row.cpu_ms = self.cpu.busy(i as u32) as f64 / 1e6;
+        }
         self.out.relays = self.relays.iter().map(|r| r.row.clone()).collect();
         self.out.paid_to = self
             .clients
@@ -1717,6 +1892,7 @@ enum Fwd {
     Forward(bool),
     Extend([u8; 32], Body),
     Begin(StreamId),
+    Refuse(StreamId, EndReason),
     Request(StreamId, u64),
     Nothing,
     Fail(CircError),

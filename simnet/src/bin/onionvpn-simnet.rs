@@ -32,14 +32,65 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Measures the CPU model's costs on this machine (the project's own code) and prints
+    /// them as a calibration file (simnet/calibration.toml).
+    Calibrate {
+        /// Fewer batches and cells (a few hundred ms).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let Cmd::Run {
-        scenario,
-        out,
-        seed,
-    } = Cli::parse().cmd;
+    match Cli::parse().cmd {
+        Cmd::Run {
+            scenario,
+            out,
+            seed,
+        } => run(scenario, out, seed),
+        Cmd::Calibrate { quick } => calibrate(quick),
+    }
+}
+
+fn calibrate(quick: bool) -> ExitCode {
+    let effort = if quick {
+        onionvpn_simnet::calibrate::Effort::QUICK
+    } else {
+        onionvpn_simnet::calibrate::Effort::NORMAL
+    };
+    match onionvpn_simnet::calibrate::measure(effort) {
+        Ok(c) => {
+            let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            let load = load.split_whitespace().next().unwrap_or("?").to_string();
+            let cmd = format!(
+                "onionvpn-simnet calibrate{} > simnet/calibration.toml ({} build)",
+                if quick { " --quick" } else { "" },
+                if cfg!(debug_assertions) {
+                    "debug-assertions (dev or test profile)"
+                } else {
+                    "release"
+                }
+            );
+            let measured = format!(
+                "{} ({cores} cores, load average {load} at the end)",
+                onionvpn_simnet::code_version()
+            );
+            // The calibration file is the command's output.
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", c.to_calibration_toml(&cmd, &measured));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("onionvpn-simnet: calibrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(scenario: PathBuf, out: PathBuf, seed: Option<u64>) -> ExitCode {
     let mut text = match std::fs::read_to_string(&scenario) {
         Ok(t) => t,
         Err(e) => {

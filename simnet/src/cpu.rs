@@ -1,0 +1,253 @@
+//! The CPU model: what processing a cell, a handshake or a payment costs a node, and a
+//! bounded number of cores per node (or per shared host) that this work queues for in
+//! virtual time.
+//!
+//! Why: on networks with real latencies CPU time is a small share of build and transfer
+//! times, but on one host (the loopback harness) it is everything; without it the
+//! simulator was 6× too fast at building circuits and 11–21× too fast at moving bytes
+//! (docs/performance.md, "simnet"). The costs are measured from the project's own code on
+//! this machine by [`crate::calibrate`] (`onionvpn-simnet calibrate`), recorded in
+//! `simnet/calibration.toml`, and a scenario's `[cpu]` section can override each one.
+//!
+//! The model: every piece of work belongs to a circuit (a key); a node runs each key's work
+//! in order (like the circuit task of the binaries) on one of its `cores` lanes, so a
+//! node's cells leave in the order it processed them. When nodes share a host
+//! (`shared_host_cores`), its cores are shared among the busy lanes (processor sharing): a
+//! busy host slows everybody on it.
+
+use serde::Deserialize;
+
+use crate::SimError;
+
+/// The calibration shipped with the simulator (measured by `onionvpn-simnet calibrate`).
+pub const CALIBRATION_TOML: &str = include_str!("../calibration.toml");
+
+/// What each kind of work costs, in nanoseconds of one core.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuCosts {
+    /// One relay-crypto layer on one cell (AES-256-GCM pass with the tag chain): a relay
+    /// pays one per cell it handles, the client one per hop the cell crosses.
+    pub layer_ns: f64,
+    /// Moving a lone cell over a link, per side: one frame, one system call and one wake-up
+    /// at each end (measured by ping-pong over a real loopback TCP channel). The messages
+    /// of a circuit's build and teardown pay this.
+    pub link_msg_ns: f64,
+    /// Moving one cell of a burst over a link, per side (Noise AES-256-GCM framing, the
+    /// socket system calls and the runtime's hand-offs shared by up to 64 cells, measured
+    /// over a real loopback TCP channel).
+    pub link_cell_ns: f64,
+    /// The client starting one hop's handshake (`ClientCircuit::new`, per hop: x25519 key
+    /// generation and the first half of the key exchange).
+    pub client_create_ns: f64,
+    /// A relay answering a CREATE (`RelayCircuit::accept`: x25519 exchanges, HKDF,
+    /// extensions, replay cache).
+    pub relay_accept_ns: f64,
+    /// The client finishing one hop's handshake (`handle_created`: x25519, HKDF, keys).
+    pub client_finish_ns: f64,
+    /// One side of a Noise link handshake, paid once per pair of nodes (links persist).
+    pub link_handshake_ns: f64,
+    /// The payment bookkeeping of one payment at one end (payer schedule or account
+    /// credit). The Lightning node's own work is not included (not measured).
+    pub payment_ns: f64,
+}
+
+/// The shipped calibration file: costs and the command that produced them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CalibrationFile {
+    #[allow(dead_code)]
+    command: String,
+    #[allow(dead_code)]
+    measured: String,
+    costs: CpuCosts,
+}
+
+impl CpuCosts {
+    /// The costs of `simnet/calibration.toml`.
+    pub fn shipped() -> Result<CpuCosts, SimError> {
+        let f: CalibrationFile = toml::from_str(CALIBRATION_TOML)
+            .map_err(|e| SimError::Scenario(format!("calibration.toml: {e}")))?;
+        Ok(f.costs)
+    }
+
+    /// `self` with every cost multiplied by `k` (a slower or faster machine).
+    pub fn scaled(&self, k: f64) -> CpuCosts {
+        CpuCosts {
+            layer_ns: self.layer_ns * k,
+            link_msg_ns: self.link_msg_ns * k,
+            link_cell_ns: self.link_cell_ns * k,
+            client_create_ns: self.client_create_ns * k,
+            relay_accept_ns: self.relay_accept_ns * k,
+            client_finish_ns: self.client_finish_ns * k,
+            link_handshake_ns: self.link_handshake_ns * k,
+            payment_ns: self.payment_ns * k,
+        }
+    }
+
+    /// The calibration file text for these costs (what `onionvpn-simnet calibrate` prints).
+    pub fn to_calibration_toml(&self, command: &str, measured: &str) -> String {
+        format!(
+            "# CPU costs of the simulator's CPU model (simnet/src/cpu.rs), in ns of one core.\n\
+             # Produced by the command below on the machine and date named; rerun it to\n\
+             # recalibrate, or override single costs in a scenario's [cpu] section.\n\
+             command = {command:?}\n\
+             measured = {measured:?}\n\n\
+             [costs]\n\
+             layer_ns = {:.0}\n\
+             link_msg_ns = {:.0}\n\
+             link_cell_ns = {:.0}\n\
+             client_create_ns = {:.0}\n\
+             relay_accept_ns = {:.0}\n\
+             client_finish_ns = {:.0}\n\
+             link_handshake_ns = {:.0}\n\
+             payment_ns = {:.0}\n",
+            self.layer_ns,
+            self.link_msg_ns,
+            self.link_cell_ns,
+            self.client_create_ns,
+            self.relay_accept_ns,
+            self.client_finish_ns,
+            self.link_handshake_ns,
+            self.payment_ns,
+        )
+    }
+}
+
+/// Cores and who shares them.
+#[derive(Debug, Clone)]
+pub struct CpuLayout {
+    /// Lanes (cores) per node.
+    pub cores: usize,
+    /// When set, every node runs on one host with this many cores.
+    pub shared_host_cores: Option<usize>,
+}
+
+/// The cores of every node (and of the shared host) in virtual time.
+pub struct Cpu {
+    costs: CpuCosts,
+    /// Per node, when each of its lanes is free (ns).
+    lanes: Vec<Vec<u64>>,
+    /// The shared host's cores (0: nodes do not share a host).
+    host: usize,
+    /// Total busy ns per node (for outputs and tests).
+    busy: Vec<u64>,
+}
+
+impl Cpu {
+    /// `nodes` nodes laid out as `layout`, paying `costs`.
+    pub fn new(nodes: usize, layout: &CpuLayout, costs: CpuCosts) -> Cpu {
+        let cores = layout.cores.max(1);
+        Cpu {
+            costs,
+            lanes: vec![vec![0; cores]; nodes],
+            host: layout.shared_host_cores.unwrap_or(0),
+            busy: vec![0; nodes],
+        }
+    }
+
+    /// The costs in use.
+    pub fn costs(&self) -> &CpuCosts {
+        &self.costs
+    }
+
+    /// Runs `cost_ns` of work of circuit `key` on `node`, ready at `now`; returns when it
+    /// is done. Work of one key on one node runs in order.
+    ///
+    /// On a shared host the cores are shared as in processor sharing: work that starts while
+    /// `n` lanes of the host are busy (this one included) runs `n / cores` times slower when
+    /// `n` exceeds the cores. (Reserving whole cores at future times instead would leave
+    /// them idle before the reservation while other work waits.)
+    pub fn run(&mut self, node: u32, key: u32, now: u64, cost_ns: f64) -> u64 {
+        let cost = cost_ns.max(0.0);
+        let Some(lanes) = self.lanes.get(node as usize) else {
+            return now;
+        };
+        let n = lanes.len();
+        let li = key as usize % n;
+        let start = now.max(lanes[li]);
+        if cost == 0.0 {
+            // Nothing to do, but stay behind the key's earlier work (order).
+            return start;
+        }
+        let mut stretch = 1.0;
+        if self.host > 0 {
+            let busy = self
+                .lanes
+                .iter()
+                .enumerate()
+                .flat_map(|(j, l)| l.iter().enumerate().map(move |(k, f)| (j, k, *f)))
+                .filter(|&(j, k, f)| f > start && !(j == node as usize && k == li))
+                .count()
+                + 1;
+            stretch = (busy as f64 / self.host as f64).max(1.0);
+        }
+        let done = start + (cost * stretch).round() as u64;
+        self.lanes[node as usize][li] = done;
+        self.busy[node as usize] += cost.round() as u64;
+        done
+    }
+
+    /// Busy ns of `node` so far.
+    pub fn busy(&self, node: u32) -> u64 {
+        self.busy.get(node as usize).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs() -> CpuCosts {
+        CpuCosts::shipped().unwrap()
+    }
+
+    #[test]
+    fn one_lane_queues_work_in_order() {
+        let mut cpu = Cpu::new(
+            2,
+            &CpuLayout {
+                cores: 1,
+                shared_host_cores: None,
+            },
+            costs(),
+        );
+        assert_eq!(cpu.run(0, 7, 100, 50.0), 150);
+        // Ready earlier, but the lane is busy until 150.
+        assert_eq!(cpu.run(0, 8, 120, 10.0), 160);
+        // Another node is independent.
+        assert_eq!(cpu.run(1, 7, 120, 10.0), 130);
+        // Zero-cost work still waits behind the key's earlier work.
+        assert_eq!(cpu.run(0, 7, 100, 0.0), 160);
+        assert_eq!(cpu.busy(0), 60);
+    }
+
+    #[test]
+    fn shared_host_bounds_parallel_work_across_nodes() {
+        let mut cpu = Cpu::new(
+            4,
+            &CpuLayout {
+                cores: 2,
+                shared_host_cores: Some(2),
+            },
+            costs(),
+        );
+        // Four nodes ready at 0, 100 ns each, two host cores: the first two run at full
+        // speed, the third and fourth share the cores with the others (1.5×, 2× slower).
+        let done: Vec<u64> = (0..4).map(|n| cpu.run(n, 0, 0, 100.0)).collect();
+        assert_eq!(done, vec![100, 100, 150, 200]);
+        // Later, alone on the host: full speed again.
+        assert_eq!(cpu.run(0, 0, 1000, 100.0), 1100);
+    }
+
+    #[test]
+    fn shipped_calibration_parses_and_is_plausible() {
+        let c = costs();
+        assert!(c.layer_ns > 0.0 && c.link_cell_ns > 0.0);
+        // A handshake costs far more than a cell.
+        assert!(c.relay_accept_ns > 10.0 * c.layer_ns);
+        let text = c.to_calibration_toml("cmd", "when");
+        let back: CalibrationFile = toml::from_str(&text).unwrap();
+        assert!((back.costs.layer_ns - c.layer_ns.round()).abs() < 1.0);
+    }
+}
