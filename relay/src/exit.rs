@@ -23,10 +23,17 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 pub const READ_CHUNK: usize = 32 * 1024;
 /// Chunks a reader may have waiting at its circuit before it stops reading.
 pub const READ_PERMITS: usize = 2;
-/// Cells of client data queued toward one destination socket before the stream is ended.
-pub const WRITE_QUEUE: usize = 512;
 /// Queue fill (cells) above which the exit asks the client to pause (XOFF).
-pub const XOFF_AT: usize = WRITE_QUEUE / 2;
+pub const XOFF_AT: usize = 256;
+/// Cells the client may still send after the exit's XOFF: what it had in flight when the XOFF
+/// reached it, up to its whole congestion window. Vegas windows of several hundred cells are
+/// common (slow start alone reaches `limited_ss_cap` = 600), so this must be well above them:
+/// with only 256 cells of room a 100 MiB upload to a briefly slow destination was ended.
+pub const AFTER_XOFF: usize = 4096;
+/// Cells of client data queued toward one destination socket before the stream is ended
+/// (a client that ignores XOFF). About 2 MB per stream at most; the relay's memory quota
+/// bounds the sum.
+pub const WRITE_QUEUE: usize = XOFF_AT + AFTER_XOFF;
 /// Bytes a writer gathers from its queue into one socket write.
 const WRITE_BATCH: usize = 64 * 1024;
 
