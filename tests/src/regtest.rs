@@ -160,6 +160,11 @@ impl Regtest {
         Ok(chain)
     }
 
+    /// The chain process's id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The RPC port.
     pub fn rpc_port(&self) -> u16 {
         self.port
