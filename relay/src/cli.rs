@@ -309,14 +309,7 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 /// the exit policy and the network), turns log redaction on or off, and loads the keys
 /// (creating missing ones, rotating the onion key if due).
 pub fn prepare_run(cli: &Cli, env: &Env, now: u64) -> Result<RunSetup, CliError> {
-    let config_path = match &cli.config {
-        Some(p) => p.clone(),
-        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
-    };
-    if !config_path.exists() {
-        return Err(CliError::NoConfig { path: config_path });
-    }
-    let config = Config::load(&config_path)?;
+    let (config, config_path) = read_config(cli, env)?;
     config.advertised()?;
     config.exit_policy()?;
     config.network()?;
@@ -449,6 +442,14 @@ pub fn control_socket(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
 /// The config file (`--config`, else `<data dir>/relay.toml`), loaded, with its data
 /// directory.
 pub fn load_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
+    let (config, _) = read_config(cli, env)?;
+    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
+    Ok((config, data_dir))
+}
+
+/// Reads the configuration `--config` names, or the one in the data directory, and says
+/// where it was.
+fn read_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
     let config_path = match &cli.config {
         Some(p) => p.clone(),
         None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
@@ -457,8 +458,7 @@ pub fn load_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> 
         return Err(CliError::NoConfig { path: config_path });
     }
     let config = Config::load(&config_path)?;
-    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
-    Ok((config, data_dir))
+    Ok((config, config_path))
 }
 
 /// Where clients should reach the relay's Lightning node besides its configured listening
