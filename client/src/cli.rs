@@ -557,7 +557,7 @@ mod tests {
         ])
         .unwrap();
         let c = ClientConfig::resolve(&cli.layer(), None, &home_env).unwrap();
-        let text = c.to_toml_string();
+        let text = c.to_toml_string(None);
         let back = Layer::from_toml(&text, Path::new("/elsewhere/c.toml")).unwrap();
         let c2 = ClientConfig::resolve(&Layer::default(), Some(&back), &home_env).unwrap();
         assert_eq!(c, c2);

@@ -664,7 +664,10 @@ mod tests {
         assert!(printed.starts_with("# Secrets are printed as [redacted]: see them in /c.toml"));
         let back = Layer::from_toml(&printed, Path::new("/c.toml")).unwrap();
         assert_eq!(back.lightning, c.lightning.as_ref().map(|l| l.redacted()));
-        assert_eq!(back.lightning.unwrap().bitcoind.unwrap().password, "[redacted]");
+        assert_eq!(
+            back.lightning.unwrap().bitcoind.unwrap().password,
+            "[redacted]"
+        );
         let bad_listen = ok.replace("127.0.0.1:9735", "nowhere");
         let e = Layer::from_toml(&bad_listen, Path::new("/c.toml")).unwrap_err();
         assert!(

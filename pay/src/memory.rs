@@ -173,9 +173,10 @@ impl PaymentRail for MemoryRail {
             return Box::pin(async move { r });
         }
         self.count_in_flight(true);
+        // Counted down however the future ends, even dropped before its first poll.
+        let done = InFlightGuard(self);
         Box::pin(async move {
-            // Counted down even if the caller drops the future mid-way.
-            let _done = InFlightGuard(self);
+            let _done = done;
             tokio::time::sleep(latency).await;
             self.send(req)
         })

@@ -606,11 +606,12 @@ impl CircuitPayer {
     /// results): a due payment, the time at which the per-minute price alone brings a
     /// hop to its threshold, or the next throughput sample while bytes flow. `None`: only new bytes or results can change anything.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        if self.stopped {
-            return None;
-        }
+        // Events to report (a stopped payer's last one included) are due at once.
         if !self.events.is_empty() {
             return Some(now);
+        }
+        if self.stopped {
+            return None;
         }
         let mut best: Option<Instant> = (!self.ready).then(|| self.first_deadline());
         for h in &self.hops {
@@ -862,7 +863,9 @@ mod tests {
     fn retries_then_asks_for_a_rebuild() {
         let mut rng = StdRng::seed_from_u64(9);
         let t0 = Instant::now();
-        let mut p = CircuitPayer::new(cfg(), &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
+        let mut c = cfg();
+        c.jitter = Duration::ZERO;
+        let mut p = CircuitPayer::new(c, &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
         let mut b = Budget::new(None, 0);
         let mut now = t0 + Duration::from_secs(1);
         // The first chunk lands (the circuit is ready); then 1 MiB is used.
@@ -916,6 +919,7 @@ mod tests {
             &mut b,
             &mut rng,
         );
+        assert_eq!(p.poll(t0, &mut b, &mut rng), vec![PayerEvent::Ready]);
         // 1000 msat ahead at 60 msat/min (1 msat/s): the threshold (250..750 msat) is
         // reached by time alone between 250 and 750 s.
         let d = p.next_deadline(t0).unwrap();

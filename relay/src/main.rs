@@ -18,8 +18,7 @@ use onionvpn_pay::ldk::{LdkConfig, LdkRail};
 use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget, LightningProbe};
 use onionvpn_relay::cli::{
     control_socket, earnings, init, ln_reach, load_config, prepare_check, prepare_run,
-    print_config, unix_now,
-    Cli, CliError, Command, Env,
+    print_config, unix_now, Cli, CliError, Command, Env,
 };
 use onionvpn_relay::config::LogLevel;
 use onionvpn_relay::control::{query_wallet, ControlError, WalletAccess};

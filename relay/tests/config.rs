@@ -488,8 +488,11 @@ fn print_config_redacts_the_rpc_password() {
     );
     std::fs::write(&path, text).unwrap();
     let env = env_in(tmp.path());
-    let out = cli::print_config(&cli(&["--print-config", "--config", path.to_str().unwrap()]), &env)
-        .unwrap();
+    let out = cli::print_config(
+        &cli(&["--print-config", "--config", path.to_str().unwrap()]),
+        &env,
+    )
+    .unwrap();
     assert!(!out.contains("hunter2"), "{out}");
     assert!(
         out.starts_with(&format!(
