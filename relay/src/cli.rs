@@ -315,14 +315,7 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 /// the exit policy and the network), turns log redaction on or off, and loads the keys
 /// (creating missing ones, rotating the onion key if due).
 pub fn prepare_run(cli: &Cli, env: &Env, now: u64) -> Result<RunSetup, CliError> {
-    let config_path = match &cli.config {
-        Some(p) => p.clone(),
-        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
-    };
-    if !config_path.exists() {
-        return Err(CliError::NoConfig { path: config_path });
-    }
-    let config = Config::load(&config_path)?;
+    let (config, config_path) = read_config(cli, env)?;
     config.advertised()?;
     config.exit_policy()?;
     config.network()?;
@@ -457,8 +450,7 @@ pub fn control_socket(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
 /// names the file that holds them. Parsing the text back gives the same configuration but
 /// for those values.
 pub fn print_config(cli: &Cli, env: &Env) -> Result<String, CliError> {
-    let path = config_path(cli, env)?;
-    let (mut config, _) = load_config(cli, env)?;
+    let (mut config, path) = read_config(cli, env)?;
     config.lightning = config.lightning.map(|l| l.redacted());
     let body = toml::to_string(&config).map_err(|e| CliError::PrintConfig(e.to_string()))?;
     Ok(format!(
@@ -468,23 +460,26 @@ pub fn print_config(cli: &Cli, env: &Env) -> Result<String, CliError> {
     ))
 }
 
-fn config_path(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
-    Ok(match &cli.config {
-        Some(p) => p.clone(),
-        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
-    })
-}
-
 /// The config file (`--config`, else `<data dir>/relay.toml`), loaded, with its data
 /// directory.
 pub fn load_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
-    let config_path = config_path(cli, env)?;
+    let (config, _) = read_config(cli, env)?;
+    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
+    Ok((config, data_dir))
+}
+
+/// Reads the configuration `--config` names, or the one in the data directory, and says
+/// where it was.
+fn read_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
+    let config_path = match &cli.config {
+        Some(p) => p.clone(),
+        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
+    };
     if !config_path.exists() {
         return Err(CliError::NoConfig { path: config_path });
     }
     let config = Config::load(&config_path)?;
-    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
-    Ok((config, data_dir))
+    Ok((config, config_path))
 }
 
 /// Where clients should reach the relay's Lightning node besides its configured listening
