@@ -42,6 +42,9 @@ pub struct Cli {
     /// $XDG_DATA_HOME/onionvpn-relay or ~/.local/share/onionvpn-relay]
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Print the loaded configuration as TOML (secrets shown as `[redacted]`) and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     /// What to do (default: run).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -154,6 +157,9 @@ pub enum CliError {
     /// A wallet command failed, or the relay has no `[lightning]` section.
     #[error("wallet: {0}")]
     Wallet(String),
+    /// `--print-config` could not render the configuration.
+    #[error("printing the configuration: {0}")]
+    PrintConfig(String),
     /// `init` could not write the config file.
     #[error("{}: cannot write config: {source}", path.display())]
     WriteConfig {
@@ -437,6 +443,21 @@ pub fn control_socket(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
         }
     };
     Ok(crate::control::socket_path(&data_dir))
+}
+
+/// `--print-config`: the loaded configuration as TOML. Secrets (the `[lightning]` bitcoind
+/// RPC password, credentials in an Esplora URL) are printed as `[redacted]`; the first line
+/// names the file that holds them. Parsing the text back gives the same configuration but
+/// for those values.
+pub fn print_config(cli: &Cli, env: &Env) -> Result<String, CliError> {
+    let (mut config, path) = read_config(cli, env)?;
+    config.lightning = config.lightning.map(|l| l.redacted());
+    let body = toml::to_string(&config).map_err(|e| CliError::PrintConfig(e.to_string()))?;
+    Ok(format!(
+        "# Secrets are printed as {}: see them in {}.\n{body}",
+        onionvpn_pay::ldk::REDACTED,
+        path.display()
+    ))
 }
 
 /// The config file (`--config`, else `<data dir>/relay.toml`), loaded, with its data

@@ -509,6 +509,7 @@ impl World {
                 break;
             }
             self.events += 1;
+            self.cpu.advance(t);
             if t >= next_report {
                 progress(t);
                 next_report = t + SEC;
@@ -610,11 +611,14 @@ impl World {
     /// CREATED, DESTROY, RELAY_EARLY and the answers to EXTEND) pays a whole message (a
     /// system call and a wake-up at each end); a cell of a stream's traffic, which the
     /// binaries move in batches, its share of one.
+    ///
+    /// Each side also pays the real stack's own share (`stack_*_ns`, from whole real
+    /// operations): what the micro-measured costs do not see.
     fn link_cost(&self, lone: bool) -> f64 {
         if lone {
-            self.costs.link_msg_ns
+            self.costs.link_msg_ns + self.costs.stack_msg_ns
         } else {
-            self.costs.link_cell_ns
+            self.costs.link_cell_ns + self.costs.stack_cell_ns
         }
     }
 
@@ -1735,7 +1739,10 @@ impl World {
                         self.out.circuits[r].outcome = "built; budget reached".into();
                     }
                 }
-                PayerEvent::Rebuild { hop } => {
+                // The circuit carries its stream from the build on (the client waits for
+                // `Ready` before handing a circuit to a stream; the simulator does not yet).
+                PayerEvent::Ready => {}
+                PayerEvent::Rebuild { hop } | PayerEvent::FirstPaymentFailed { hop, .. } => {
                     // Payments to a hop keep failing: avoid it and build elsewhere.
                     let relay = payer_hops.get(hop).and_then(|h| hops.get(*h)).copied();
                     if let Some(r) = relay {
