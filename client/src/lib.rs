@@ -5,6 +5,7 @@ pub mod circmgr;
 pub mod circuit_task;
 pub mod cli;
 pub mod config;
+pub mod payer_settings;
 pub mod payments;
 pub mod runtime;
 pub mod socks;
