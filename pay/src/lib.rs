@@ -33,6 +33,7 @@ pub mod ldk;
 pub mod ldk {
     pub mod config;
     pub use config::{
-        BitcoindConfig, ChainSource, EsploraConfig, LdkConfig, LdkLogLevel, LdkNetwork, ValidConfig,
+        BitcoindConfig, ChainSource, EsploraConfig, LdkConfig, LdkLogLevel, LdkNetwork,
+        ValidConfig, REDACTED,
     };
 }

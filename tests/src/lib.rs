@@ -308,6 +308,7 @@ pub fn client_config(
         log_sensitive: false,
         tun: None,
         lightning: None,
+        payer: Default::default(),
     }
 }
 
