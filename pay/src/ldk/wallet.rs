@@ -130,9 +130,10 @@ impl LdkRail {
             what: "invoice",
             detail: format!("{e}"),
         })?;
+        let node = &self.node;
         let fee = self.max_routing_fee_msat;
         self.track(
-            move |node| node.bolt11_payment().send(&inv, Some(route_params(fee))),
+            || node.bolt11_payment().send(&inv, Some(route_params(fee))),
             "pay invoice",
         )
         .await
