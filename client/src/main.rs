@@ -1,5 +1,6 @@
 //! `onionvpn-client`: a SOCKS5 proxy into the onionvpn overlay; `onionvpn-client wallet …`
-//! manages the Lightning wallet that pays the relays.
+//! manages the Lightning wallet that pays the relays (through the running client's control
+//! socket, or on the node started for the command); `status` asks the running client.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use onionvpn_client::cli::{Cli, ClientCommand};
 use onionvpn_client::config::ClientConfig;
 use onionvpn_client::payments::PaymentsSetup;
 use onionvpn_client::{start_client_with, RuntimeOptions};
+use onionvpn_client::status::ClientStatus;
+use onionvpn_pay::ldk::control::{self, forward_or_run, WalletAccess, WalletOutcome};
 use onionvpn_pay::ldk::wallet_cmd::{self, WalletCommand};
 use onionvpn_pay::ldk::LdkRail;
 use onionvpn_pay::payer::PayerConfig;
@@ -43,8 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(ClientCommand::Wallet { command }) = &cli.command {
-        return wallet(&rt, &config, command);
+    match &cli.command {
+        Some(ClientCommand::Wallet { command }) => return wallet(&rt, &config, command),
+        Some(ClientCommand::Status) => return status(&config),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,17 +62,32 @@ fn main() -> ExitCode {
     code
 }
 
-/// `onionvpn-client wallet …`: runs the command on the node started here. The running
-/// client holds the node's store (its lock refuses a second process), so it must be stopped
-/// first.
+/// `onionvpn-client wallet …`: sent to the running client over its control socket; when
+/// no client answers there, run on the node started here.
 fn wallet(rt: &tokio::runtime::Runtime, config: &ClientConfig, cmd: &WalletCommand) -> ExitCode {
-    let Some(ln) = &config.lightning else {
-        eprintln!(
-            "onionvpn-client: wallet: the config has no [lightning] table (see docs/client.md)"
-        );
-        return ExitCode::from(2);
+    let socket = control::socket_path(&config.data_dir);
+    let outcome = forward_or_run(&socket, cmd, || {
+        let Some(ln) = &config.lightning else {
+            return Err(
+                "the config has no [lightning] table: this client has no wallet (see \
+                 docs/client.md)"
+                    .to_owned(),
+            );
+        };
+        rt.block_on(wallet_cmd::run_standalone(ln, &config.data_dir, cmd, &[]))
+            .map_err(|e| match e {
+                PayError::StoreInUse { .. } => format!(
+                    "{e}: a client holds the Lightning node but does not answer on {}",
+                    socket.display()
+                ),
+                e => e.to_string(),
+            })
+    });
+    let answer = match outcome {
+        WalletOutcome::Forwarded(r) => r.map_err(|e| e.to_string()),
+        WalletOutcome::Standalone(r) => r,
     };
-    match rt.block_on(wallet_cmd::run_standalone(ln, &config.data_dir, cmd, &[])) {
+    match answer {
         Ok(answer) => {
             #[allow(clippy::print_stdout)]
             {
@@ -75,15 +95,25 @@ fn wallet(rt: &tokio::runtime::Runtime, config: &ClientConfig, cmd: &WalletComma
             }
             ExitCode::SUCCESS
         }
-        Err(PayError::StoreInUse { .. }) => {
-            eprintln!(
-                "onionvpn-client: wallet: the client is running and holds the Lightning \
-                 node; stop it first (wallet commands need the node's store)"
-            );
-            ExitCode::FAILURE
-        }
         Err(e) => {
             eprintln!("onionvpn-client: wallet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `onionvpn-client status`: asks the running client over its control socket.
+fn status(config: &ClientConfig) -> ExitCode {
+    match control::query_status::<ClientStatus>(&control::socket_path(&config.data_dir)) {
+        Ok(s) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{s}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("onionvpn-client: status: {e}");
             ExitCode::FAILURE
         }
     }
@@ -113,6 +143,11 @@ async fn run(config: ClientConfig) -> ExitCode {
             None
         }
     };
+    opts.control_socket = true;
+    opts.wallet = rail.as_ref().map(|r| WalletAccess {
+        rail: r.clone(),
+        reach: Vec::new(),
+    });
     if let (Some(r), Some(ln)) = (&rail, &config.lightning) {
         let defaults = PayerConfig::default();
         opts.payments = Some(PaymentsSetup {

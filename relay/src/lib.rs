@@ -4,7 +4,6 @@ pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod limits;
-mod local_endpoint;
 pub mod redact;
 
 pub mod chanmgr;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::local_endpoint::{self, Limits};
+use onionvpn_pay::ldk::endpoint::{self as local_endpoint, Limits};
 use crate::runtime::RelayStats;
 use crate::status::Earnings;
 

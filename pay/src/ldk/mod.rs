@@ -10,6 +10,8 @@
 //! a multi-threaded tokio runtime; blocking node calls are made from `spawn_blocking`.
 
 pub mod config;
+pub mod control;
+pub mod endpoint;
 mod events;
 mod log;
 mod wallet;
