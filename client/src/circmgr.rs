@@ -8,6 +8,13 @@
 //! - **Retries**: a build that fails or times out marks the hop that did not answer as
 //!   failed for [`MgrConfig::failed_relay_ttl`] and is retried on another path, up to
 //!   [`MgrConfig::build_attempts`] times.
+//! - **Paid before use**: a circuit through charging relays joins the pool (or serves the
+//!   stream that asked for it) only once every paid hop has received its first chunk, so a
+//!   stream that starts at once cannot outrun the first keysends and be cut by a relay.
+//!   First payments that fail or take longer than the payer's `first_payment_timeout`
+//!   discard the circuit, note the relay as failed and build another (counted:
+//!   [`CircMgr::first_payment_failures`]). Circuits built ahead pay as they are built, so
+//!   this usually costs a stream nothing.
 //! - **Timeout** learned from observed build times ([`crate::buildtime`]).
 //! - **Isolation**: a circuit, once it carried a stream, belongs to that stream's
 //!   [`IsolationKey`]; streams with another key never use it.
@@ -36,7 +43,7 @@ use tracing::{debug, warn};
 
 use crate::buildtime::{BuildTimeConfig, BuildTimeEstimator};
 use crate::circuit_task::{spawn_circuit, CircuitHandle, CircuitInfo};
-use crate::payments::ClientPayments;
+use crate::payments::{ClientPayments, FirstPayment};
 use crate::socks::IsolationKey;
 
 /// Settings of the circuit manager.
@@ -170,6 +177,8 @@ pub struct CircMgr {
     payments: Option<Arc<ClientPayments>>,
     /// Relays whose payments kept failing, to avoid in the next paths.
     pay_failed: Arc<Mutex<Vec<[u8; 32]>>>,
+    /// Circuits discarded because their first payments failed or timed out.
+    first_payment_failures: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,6 +245,7 @@ impl CircMgr {
             cache: Mutex::new(cache),
             payments: None,
             pay_failed: Arc::new(Mutex::new(Vec::new())),
+            first_payment_failures: AtomicU64::new(0),
         }
     }
 
@@ -285,7 +295,13 @@ impl CircMgr {
         lock(&self.buildtime).clone()
     }
 
-    /// Circuits built since the start.
+    /// Circuits discarded since the start because their first payments failed or did not
+    /// succeed in time (each was replaced by another build).
+    pub fn first_payment_failures(&self) -> u64 {
+        self.first_payment_failures.load(Ordering::Relaxed)
+    }
+
+    /// Circuits built (and, if paid, paid their first chunks) since the start.
     pub fn circuits_built(&self) -> u64 {
         *self.built.borrow()
     }
@@ -428,6 +444,7 @@ impl CircMgr {
                     debug!("circuit build attempt {attempt} failed: {why}");
                     last = why;
                 }
+                Err(Attempt::Budget) => return Err(CircMgrError::BudgetReached),
             }
         }
         Err(CircMgrError::BuildFailed { attempts, last })
@@ -559,9 +576,21 @@ impl CircMgr {
                         // New streams go to another circuit; this one ends with its streams.
                         info2.retire();
                     };
-                    if let Err(e) = p.start(info, &nodes, on_rebuild) {
+                    match p.start(info.clone(), &nodes, on_rebuild) {
                         // Dropping the handle ends the task, which destroys the circuit.
-                        return Err(Attempt::Failed(format!("cannot pay this path: {e}")));
+                        Err(e) => {
+                            return Err(Attempt::Failed(format!("cannot pay this path: {e}")))
+                        }
+                        Ok(None) => {}
+                        Ok(Some(first)) => {
+                            self.await_first_payments(
+                                &info,
+                                &ids,
+                                first,
+                                p.first_payment_timeout(),
+                            )
+                            .await?;
+                        }
                     }
                 }
                 self.built.send_modify(|b| *b += 1);
@@ -589,6 +618,52 @@ impl CircMgr {
                 )))
             }
         }
+    }
+
+    /// Waits for a new circuit's first payments. On anything but success the circuit is
+    /// taken out of use (its payment task stops; dropping the handle destroys it), the relay
+    /// not paid is avoided by the next paths, and the failure is counted.
+    async fn await_first_payments(
+        &self,
+        info: &CircuitInfo,
+        ids: &[[u8; 32]],
+        first: tokio::sync::oneshot::Receiver<FirstPayment>,
+        timeout: Duration,
+    ) -> Result<(), Attempt> {
+        let started = Instant::now();
+        // The payer enforces `timeout` itself; this bound only guards against a task that
+        // never answers.
+        let outcome = tokio::time::timeout(timeout + Duration::from_secs(1), first).await;
+        let (hop, why) = match outcome {
+            Ok(Ok(FirstPayment::Paid)) => {
+                debug!(
+                    circuit = info.id,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "first payments landed"
+                );
+                return Ok(());
+            }
+            Ok(Ok(FirstPayment::BudgetReached)) => {
+                info.retire();
+                return Err(Attempt::Budget);
+            }
+            Ok(Ok(FirstPayment::Failed { hop })) => (Some(hop), "failed"),
+            Ok(Ok(FirstPayment::TimedOut { hop })) => (Some(hop), "timed out"),
+            Ok(Err(_)) => (None, "ended with the circuit"),
+            Err(_) => (None, "got no answer"),
+        };
+        info.retire();
+        let n = self.first_payment_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(id) = hop.and_then(|h| ids.get(h)) {
+            lock(&self.pay_failed).push(*id);
+        }
+        warn!(
+            circuit = info.id,
+            hop,
+            discarded = n,
+            "first payments {why}: circuit discarded, building another"
+        );
+        Err(Attempt::Failed(format!("first payments {why}")))
     }
 
     fn spawn_refill(self: &Arc<Self>) {
@@ -675,6 +750,8 @@ impl CircMgr {
 enum Attempt {
     NoPath(PathError),
     Failed(String),
+    /// The budget cannot pay the circuit's first chunks: no other path helps.
+    Budget,
 }
 
 impl Drop for CircMgr {

@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(t.fake.range.to_string(), "10.128.0.0/12");
         assert_eq!(t.isolation, crate::tun::TunIsolation::Destination);
         // --print-config output parses back to the same settings.
-        let back = file(&c.to_toml_string()).unwrap();
+        let back = file(&c.to_toml_string(None)).unwrap();
         let again = ClientConfig::resolve(&Layer::default(), Some(&back), &home_env).unwrap();
         assert_eq!(again.tun, c.tun);
         // Without --tun the other flags do not switch TUN mode on.
@@ -561,7 +561,7 @@ mod tests {
         ])
         .unwrap();
         let c = ClientConfig::resolve(&cli.layer(), None, &home_env).unwrap();
-        let text = c.to_toml_string();
+        let text = c.to_toml_string(None);
         let back = Layer::from_toml(&text, Path::new("/elsewhere/c.toml")).unwrap();
         let c2 = ClientConfig::resolve(&Layer::default(), Some(&back), &home_env).unwrap();
         assert_eq!(c, c2);

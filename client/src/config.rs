@@ -533,9 +533,24 @@ impl ClientConfig {
         t
     }
 
-    /// The configuration as TOML text (for `--print-config`).
-    pub fn to_toml_string(&self) -> String {
-        self.to_toml_table().to_string()
+    /// The configuration as TOML text (for `--print-config`), secrets shown as
+    /// `[redacted]` (the bitcoind RPC password, credentials in an Esplora URL), with a first
+    /// comment line saying where they are. `source`: the config file, if one was read.
+    pub fn to_toml_string(&self, source: Option<&Path>) -> String {
+        let mut t = self.to_toml_table();
+        if let Some(l) = &self.lightning {
+            if let Ok(v) = toml::Value::try_from(l.redacted()) {
+                t.insert("lightning".into(), v);
+            }
+        }
+        let see = match source {
+            Some(p) => format!("see them in {}", p.display()),
+            None => "see them in the config file".to_owned(),
+        };
+        format!(
+            "# Secrets are printed as {}: {see}.\n{t}",
+            onionvpn_pay::ldk::REDACTED
+        )
     }
 }
 
@@ -643,9 +658,16 @@ mod tests {
             c.lightning.as_ref().unwrap().listen.as_deref(),
             Some("127.0.0.1:9735")
         );
-        // --print-config round trip keeps it.
-        let back = Layer::from_toml(&c.to_toml_string(), Path::new("/c.toml")).unwrap();
-        assert_eq!(back.lightning, c.lightning);
+        // --print-config round trip keeps it, the password redacted.
+        let printed = c.to_toml_string(Some(Path::new("/c.toml")));
+        assert!(!printed.contains("\"p\""), "{printed}");
+        assert!(printed.starts_with("# Secrets are printed as [redacted]: see them in /c.toml"));
+        let back = Layer::from_toml(&printed, Path::new("/c.toml")).unwrap();
+        assert_eq!(back.lightning, c.lightning.as_ref().map(|l| l.redacted()));
+        assert_eq!(
+            back.lightning.unwrap().bitcoind.unwrap().password,
+            "[redacted]"
+        );
         let bad_listen = ok.replace("127.0.0.1:9735", "nowhere");
         let e = Layer::from_toml(&bad_listen, Path::new("/c.toml")).unwrap_err();
         assert!(

@@ -31,7 +31,8 @@ fn main() -> ExitCode {
     if cli.print_config {
         #[allow(clippy::print_stdout)]
         {
-            print!("{}", config.to_toml_string());
+            let source = cli.config_path(&|k| std::env::var_os(k));
+            print!("{}", config.to_toml_string(source.as_deref()));
         }
         return ExitCode::SUCCESS;
     }

@@ -2,6 +2,10 @@
 //! [`CircuitPayer`] with the circuit's cell count and the time, sends the keysends it orders
 //! through the client's rail, and prunes each finished payment from the node's store.
 //!
+//! A new circuit is handed to streams only once its first payments have all succeeded
+//! ([`ClientPayments::start`] returns a [`FirstPayment`] receiver the circuit manager waits
+//! on); the payer orders them as soon as the task starts, i.e. as the circuit is built.
+//!
 //! The [`Budget`] is shared by every circuit and its spend is persisted in the data
 //! directory (`spend`, written atomically after each payment), so a restart does not reset
 //! it. Once the budget cannot cover a payment the client stops paying, logs it, and new
@@ -19,6 +23,7 @@ use onionvpn_pay::{NodeId, PayError, PaymentRail};
 use onionvpn_proto::consts::CELL_BODY_LEN;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -30,6 +35,26 @@ const TICK: Duration = Duration::from_millis(25);
 const DRAIN: Duration = Duration::from_secs(60);
 /// File (in the data directory) holding the msat spent so far.
 pub const SPEND_FILE: &str = "spend";
+
+/// How a new circuit's first payments ended (what the circuit manager waits for before
+/// handing the circuit to streams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstPayment {
+    /// Every paid hop received its first chunk.
+    Paid,
+    /// The first payment to circuit hop `hop` failed.
+    Failed {
+        /// The hop (0 = guard).
+        hop: usize,
+    },
+    /// Circuit hop `hop` had not been paid within the first-payment timeout.
+    TimedOut {
+        /// The hop (0 = guard).
+        hop: usize,
+    },
+    /// The budget cannot cover the first chunks.
+    BudgetReached,
+}
 
 /// How the client pays: its rail and payment settings.
 #[derive(Clone)]
@@ -138,15 +163,23 @@ impl ClientPayments {
         self.cap
     }
 
+    /// How long a new circuit's first payments may take.
+    pub fn first_payment_timeout(&self) -> Duration {
+        self.cfg.first_payment_timeout
+    }
+
     /// Starts paying for a built circuit whose hops have Lightning nodes `nodes` (from their
-    /// descriptors). Returns `Ok(false)` if no hop charges; an error if a charging hop has no
-    /// node or terms above the cap (the caller drops the circuit).
+    /// descriptors): the first chunk of every paid hop is ordered at once. Returns `Ok(None)`
+    /// if no hop charges, else a receiver of the first payments' outcome (closed without a
+    /// value if the circuit ended first); an error if a charging hop has no node or terms
+    /// above the cap (the caller drops the circuit). `on_rebuild` is called if payments to a
+    /// hop keep failing later.
     pub fn start(
         self: &Arc<Self>,
         info: Arc<CircuitInfo>,
         nodes: &[[u8; 33]],
         on_rebuild: impl FnOnce(usize) + Send + 'static,
-    ) -> Result<bool, PayError> {
+    ) -> Result<Option<oneshot::Receiver<FirstPayment>>, PayError> {
         let mut hops = Vec::new();
         for (i, t) in info.terms().iter().enumerate() {
             let Some(terms) = t else { continue };
@@ -166,7 +199,7 @@ impl ClientPayments {
             ));
         }
         if hops.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let mut rng = StdRng::from_rng(&mut rand::rng());
         let specs: Vec<HopSpec> = hops.iter().map(|(_, h)| *h).collect();
@@ -178,8 +211,12 @@ impl ClientPayments {
             &mut rng,
         )?;
         let index: Vec<usize> = hops.iter().map(|(i, _)| *i).collect();
-        tokio::spawn(self.clone().run(info, payer, rng, index, on_rebuild));
-        Ok(true)
+        let (first_tx, first_rx) = oneshot::channel();
+        tokio::spawn(
+            self.clone()
+                .run(info, payer, rng, index, first_tx, on_rebuild),
+        );
+        Ok(Some(first_rx))
     }
 
     fn persist(&self, spent: u64) {
@@ -194,9 +231,17 @@ impl ClientPayments {
         mut payer: CircuitPayer,
         mut rng: StdRng,
         index: Vec<usize>,
+        first_tx: oneshot::Sender<FirstPayment>,
         on_rebuild: impl FnOnce(usize) + Send + 'static,
     ) {
         let mut on_rebuild = Some(on_rebuild);
+        let mut first_tx = Some(first_tx);
+        let mut first = |outcome: FirstPayment| {
+            if let Some(tx) = first_tx.take() {
+                // The manager may have stopped waiting (shut down): nothing to tell.
+                let _ = tx.send(outcome);
+            }
+        };
         let mut inflight: JoinSet<(OrderId, Result<onionvpn_pay::Sent, PayError>)> = JoinSet::new();
         let mut counted = 0u64;
         let circ = info.id;
@@ -232,6 +277,16 @@ impl ClientPayments {
                                 limit_msat, "payment budget reached: the client stops paying"
                             );
                         }
+                        first(FirstPayment::BudgetReached);
+                    }
+                    PayerEvent::Ready => first(FirstPayment::Paid),
+                    PayerEvent::FirstPaymentFailed { hop, timed_out } => {
+                        let hop = index.get(hop).copied().unwrap_or(hop);
+                        first(if timed_out {
+                            FirstPayment::TimedOut { hop }
+                        } else {
+                            FirstPayment::Failed { hop }
+                        });
                     }
                     PayerEvent::Rebuild { hop } => {
                         let hop = index.get(hop).copied().unwrap_or(hop);
@@ -257,6 +312,8 @@ impl ClientPayments {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        // The circuit ended: a manager still waiting for the first payments learns it now.
+        drop(first_tx.take());
         // Payments already sent still complete: count them.
         let deadline = tokio::time::Instant::now() + DRAIN;
         while !inflight.is_empty() {

@@ -1,7 +1,9 @@
 //! An in-memory payment network, for tests that do not need Lightning.
 //!
 //! This is a TEST rail, not a product feature: payments move between [`MemoryRail`]s of one
-//! [`MemoryNetwork`] in the same process, instantly, with no fees. It keeps the semantics
+//! [`MemoryNetwork`] in the same process, with no fees, instantly or after a set latency
+//! ([`MemoryNetwork::set_latency`]: the keysend lands and resolves that long after it is
+//! made, like a slow Lightning path). It keeps the semantics
 //! the rail trait promises: a received payment stays pending (and is returned again by
 //! `next_received`) until acknowledged, so a receiver that "crashes" before `ack_received`
 //! sees it again; a keysend fails if the sender's balance is short, the recipient is
@@ -9,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -25,6 +28,8 @@ struct Node {
     /// Sent and received payments not yet forgotten (what a real node's store holds).
     stored: HashSet<PaymentId>,
     refuse: bool,
+    /// Keysends sent by this node and not yet resolved.
+    in_flight: usize,
     notify: Arc<Notify>,
 }
 
@@ -32,6 +37,7 @@ struct Node {
 struct Net {
     nodes: HashMap<NodeId, Node>,
     next_payment: u64,
+    latency: Duration,
 }
 
 /// A set of in-memory nodes that can pay each other (test rail).
@@ -75,6 +81,16 @@ impl MemoryNetwork {
         if let Some(n) = self.lock().nodes.get_mut(&id) {
             n.refuse = refuse;
         }
+    }
+
+    /// Makes every keysend from now on take `latency` to land and resolve.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Keysends sent by node `id` and not yet resolved.
+    pub fn in_flight(&self, id: NodeId) -> usize {
+        self.lock().nodes.get(&id).map_or(0, |n| n.in_flight)
     }
 
     /// Payments held in node `id`'s store (sent or received, not forgotten).
@@ -125,14 +141,45 @@ impl MemoryRail {
     }
 }
 
+impl MemoryRail {
+    fn count_in_flight(&self, up: bool) {
+        if let Some(n) = self.net.lock().nodes.get_mut(&self.id) {
+            n.in_flight = if up {
+                n.in_flight + 1
+            } else {
+                n.in_flight.saturating_sub(1)
+            };
+        }
+    }
+}
+
+struct InFlightGuard<'a>(&'a MemoryRail);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count_in_flight(false);
+    }
+}
+
 impl PaymentRail for MemoryRail {
     fn node_id(&self) -> NodeId {
         self.id
     }
 
     fn keysend(&self, req: KeysendRequest) -> RailFuture<'_, Sent> {
-        let r = self.send(req);
-        Box::pin(async move { r })
+        let latency = self.net.lock().latency;
+        if latency.is_zero() {
+            let r = self.send(req);
+            return Box::pin(async move { r });
+        }
+        self.count_in_flight(true);
+        // Counted down however the future ends, even dropped before its first poll.
+        let done = InFlightGuard(self);
+        Box::pin(async move {
+            let _done = done;
+            tokio::time::sleep(latency).await;
+            self.send(req)
+        })
     }
 
     fn next_received(&self) -> RailFuture<'_, Received> {
@@ -237,5 +284,32 @@ mod tests {
         assert_eq!(net.stored(NodeId([1; 33])), 2);
         a.forget(sent.id).unwrap();
         assert_eq!(net.stored(NodeId([1; 33])), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_rail_lands_payments_after_its_latency() {
+        let net = MemoryNetwork::new();
+        net.set_latency(std::time::Duration::from_millis(50));
+        let a = net.node(NodeId([1; 33]), 1000);
+        let b = net.node(NodeId([2; 33]), 0);
+        let send = {
+            let a = a.clone();
+            tokio::spawn(async move { a.keysend(req(2, 400)).await })
+        };
+        // Until the latency has passed the payment is in flight and not received.
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(5), b.next_received()).await;
+        if pending.is_err() {
+            assert_eq!(net.in_flight(NodeId([1; 33])), 1);
+        }
+        let sent = send.await.unwrap().unwrap();
+        assert_eq!(b.next_received().await.unwrap().id, sent.id);
+        assert_eq!(net.in_flight(NodeId([1; 33])), 0);
+        // A dropped keysend is no longer counted in flight (and never lands).
+        let f = a.keysend(req(2, 100));
+        assert_eq!(net.in_flight(NodeId([1; 33])), 1);
+        drop(f);
+        assert_eq!(net.in_flight(NodeId([1; 33])), 0);
+        assert_eq!(a.balances().unwrap().lightning_outbound_msat, 600);
     }
 }

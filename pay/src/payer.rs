@@ -18,6 +18,15 @@
 //! [`PayerConfig::jitter`], so the hops of one circuit, which see the same bytes, do not pay
 //! in lockstep (which would let one observer link them by timing).
 //!
+//! First payment: a circuit must not carry data before every hop holds its first chunk (a
+//! stream started at once would pass the relay's grace while the keysends are still on
+//! their way, ~0.1–0.5 s each, and the relay would cut the circuit). The payer orders the
+//! first chunk of every hop as soon as it is polled, reports [`PayerEvent::Ready`] once all
+//! of them succeeded, and gives the circuit up ([`PayerEvent::FirstPaymentFailed`]) if one
+//! fails or they have not all succeeded [`PayerConfig::first_payment_timeout`] after the
+//! payer was made. No retry here: a fresh circuit through another relay is quicker than a
+//! retry delay, and the circuit never carried anything.
+//!
 //! Limits: terms above the [`PriceCap`] are refused when the payer is built; every order
 //! reserves its amount in the shared [`Budget`] first, and when the budget cannot cover it
 //! the payer stops paying and says so ([`PayerEvent::BudgetReached`]). A failed payment is
@@ -54,6 +63,9 @@ pub struct PayerConfig {
     pub jitter: Duration,
     /// Routing fee cap per payment, in msat.
     pub max_fee_msat: u64,
+    /// How long the first payments of a new circuit (one chunk to every hop) may take before
+    /// the circuit is given up.
+    pub first_payment_timeout: Duration,
 }
 
 impl Default for PayerConfig {
@@ -65,6 +77,7 @@ impl Default for PayerConfig {
             retry_delay: Duration::from_secs(1),
             jitter: Duration::from_millis(500),
             max_fee_msat: 1_000,
+            first_payment_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +205,19 @@ pub enum PayerEvent {
         /// The hop that could not be paid.
         hop: usize,
     },
+    /// Every hop has received its first chunk: the circuit may carry streams. Reported once.
+    Ready,
+    /// The first payment to this hop failed, or the first payments had not all succeeded
+    /// within [`PayerConfig::first_payment_timeout`]: discard the circuit (it never carried
+    /// a stream) and build another, avoiding this hop's relay. The payer has stopped.
+    /// Reported once.
+    FirstPaymentFailed {
+        /// The (first) hop not paid.
+        hop: usize,
+        /// `true`: the time ran out (the payment may still be in flight); `false`: the
+        /// payment failed.
+        timed_out: bool,
+    },
 }
 
 /// The result of an order, as the rail reported it.
@@ -278,6 +304,8 @@ pub struct CircuitPayer {
     next_id: u64,
     events: VecDeque<PayerEvent>,
     stopped: bool,
+    /// Every hop received its first chunk ([`PayerEvent::Ready`] reported).
+    ready: bool,
 }
 
 impl CircuitPayer {
@@ -305,6 +333,7 @@ impl CircuitPayer {
                 ),
             });
         }
+        let empty = hops.is_empty();
         let hops = hops
             .iter()
             .map(|spec| Hop {
@@ -327,8 +356,13 @@ impl CircuitPayer {
                 bytes_per_sec: 0.0,
             },
             next_id: 0,
-            events: VecDeque::new(),
+            events: if empty {
+                VecDeque::from([PayerEvent::Ready])
+            } else {
+                VecDeque::new()
+            },
             stopped: false,
+            ready: empty,
         })
     }
 
@@ -341,6 +375,11 @@ impl CircuitPayer {
     /// Whether the payer has stopped (budget reached or a hop given up).
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Whether every hop has received its first chunk (the circuit may carry streams).
+    pub fn ready(&self) -> bool {
+        self.ready
     }
 
     /// Delivered to hop `hop` so far, in msat.
@@ -410,6 +449,19 @@ impl CircuitPayer {
     ) -> Vec<PayerEvent> {
         let mut out: Vec<PayerEvent> = self.events.drain(..).collect();
         if self.stopped {
+            return out;
+        }
+        if !self.ready && now >= self.first_deadline() {
+            let hop = self
+                .hops
+                .iter()
+                .position(|h| h.confirmed_msat == 0)
+                .unwrap_or(0);
+            self.stopped = true;
+            out.push(PayerEvent::FirstPaymentFailed {
+                hop,
+                timed_out: true,
+            });
             return out;
         }
         self.rate.sample(now, self.bytes);
@@ -524,13 +576,23 @@ impl CircuitPayer {
                     Some(l) if l > took => (l * 7 + took) / 8,
                     _ => took,
                 });
+                if !self.ready && !self.stopped && self.hops.iter().all(|h| h.confirmed_msat > 0) {
+                    self.ready = true;
+                    self.events.push_back(PayerEvent::Ready);
+                }
             }
             PayResult::Failed => {
                 budget.release(f.amount_msat, max_fee);
                 if self.stopped {
                     return;
                 }
-                if f.attempt >= self.cfg.max_attempts {
+                if !self.ready {
+                    self.stopped = true;
+                    self.events.push_back(PayerEvent::FirstPaymentFailed {
+                        hop: i,
+                        timed_out: false,
+                    });
+                } else if f.attempt >= self.cfg.max_attempts {
                     self.stopped = true;
                     self.events.push_back(PayerEvent::Rebuild { hop: i });
                 } else {
@@ -544,13 +606,14 @@ impl CircuitPayer {
     /// results): a due payment, the time at which the per-minute price alone brings a
     /// hop to its threshold, or the next throughput sample while bytes flow. `None`: only new bytes or results can change anything.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        if self.stopped {
-            return None;
-        }
+        // Events to report (a stopped payer's last one included) are due at once.
         if !self.events.is_empty() {
             return Some(now);
         }
-        let mut best: Option<Instant> = None;
+        if self.stopped {
+            return None;
+        }
+        let mut best: Option<Instant> = (!self.ready).then(|| self.first_deadline());
         for h in &self.hops {
             if h.inflight.is_some() {
                 continue;
@@ -569,6 +632,13 @@ impl CircuitPayer {
             best = Some(best.map_or(at, |b| b.min(at)));
         }
         best.map(|b| b.max(now))
+    }
+
+    /// When the first payments must all have succeeded.
+    fn first_deadline(&self) -> Instant {
+        self.opened
+            .checked_add(self.cfg.first_payment_timeout)
+            .unwrap_or(self.opened)
     }
 
     /// The circuit age at which hop `h`'s unused credit reaches its threshold by time alone.
@@ -634,6 +704,7 @@ mod tests {
             retry_delay: Duration::from_secs(1),
             jitter: Duration::from_millis(300),
             max_fee_msat: 10,
+            first_payment_timeout: Duration::from_secs(3600),
         }
     }
 
@@ -792,9 +863,22 @@ mod tests {
     fn retries_then_asks_for_a_rebuild() {
         let mut rng = StdRng::seed_from_u64(9);
         let t0 = Instant::now();
-        let mut p = CircuitPayer::new(cfg(), &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
+        let mut c = cfg();
+        c.jitter = Duration::ZERO;
+        let mut p = CircuitPayer::new(c, &[hop(1, 1000, 0)], &CAP, t0, &mut rng).unwrap();
         let mut b = Budget::new(None, 0);
         let mut now = t0 + Duration::from_secs(1);
+        // The first chunk lands (the circuit is ready); then 1 MiB is used.
+        let first = orders(&p.poll(now, &mut b, &mut rng));
+        p.on_result(
+            first[0].id,
+            PayResult::Sent { fee_msat: 0 },
+            now,
+            &mut b,
+            &mut rng,
+        );
+        assert_eq!(p.poll(now, &mut b, &mut rng), vec![PayerEvent::Ready]);
+        p.carried(1 << 20);
         let mut attempts = 0;
         let mut rebuild = None;
         for _ in 0..20 {
@@ -806,7 +890,7 @@ mod tests {
                         p.on_result(o.id, PayResult::Failed, now, &mut b, &mut rng);
                     }
                     PayerEvent::Rebuild { hop } => rebuild = Some(hop),
-                    PayerEvent::BudgetReached { .. } => panic!("no budget set"),
+                    e => panic!("unexpected {e:?}"),
                 }
             }
             now = p.next_deadline(now).unwrap_or(now + Duration::from_secs(1));
@@ -815,7 +899,7 @@ mod tests {
         assert_eq!(rebuild, Some(0));
         assert!(p.stopped());
         assert_eq!(b.reserved_msat(), 0);
-        assert_eq!(b.spent_msat(), 0);
+        assert_eq!(b.spent_msat(), 1000);
     }
 
     #[test]
@@ -835,6 +919,7 @@ mod tests {
             &mut b,
             &mut rng,
         );
+        assert_eq!(p.poll(t0, &mut b, &mut rng), vec![PayerEvent::Ready]);
         // 1000 msat ahead at 60 msat/min (1 msat/s): the threshold (250..750 msat) is
         // reached by time alone between 250 and 750 s.
         let d = p.next_deadline(t0).unwrap();
@@ -936,5 +1021,150 @@ mod tests {
         // below the base chunk.
         assert_eq!(p.chunk_msat(0), 1000);
         assert_eq!(p.bytes_per_sec(), 0.0);
+    }
+
+    fn events_until(
+        p: &mut CircuitPayer,
+        b: &mut Budget,
+        rng: &mut StdRng,
+        mut now: Instant,
+        until: Instant,
+        mut answer: impl FnMut(&Order) -> Option<PayResult>,
+    ) -> Vec<PayerEvent> {
+        let mut all = Vec::new();
+        for _ in 0..50 {
+            let ev = p.poll(now, b, rng);
+            for o in orders(&ev) {
+                if let Some(r) = answer(&o) {
+                    p.on_result(o.id, r, now, b, rng);
+                }
+            }
+            all.extend(ev);
+            match p.next_deadline(now) {
+                Some(d) if d <= until => now = d.max(now + Duration::from_millis(1)),
+                _ => break,
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn ready_once_every_hop_has_its_first_chunk() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let t0 = Instant::now();
+        let hops = [hop(1, 1000, 0), hop(2, 1000, 0), hop(3, 1000, 0)];
+        let mut p = CircuitPayer::new(cfg(), &hops, &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        assert!(!p.ready());
+        // The first chunks are ordered from the first polls (within the jitter), nothing
+        // carried yet; hop 2's result is held back.
+        let mut held = None;
+        let soon = t0 + Duration::from_secs(1);
+        let ev = events_until(&mut p, &mut b, &mut rng, t0, soon, |o| {
+            assert_eq!(o.req.amount_msat, 1000);
+            if o.hop == 2 {
+                held = Some(o.id);
+                None
+            } else {
+                Some(PayResult::Sent { fee_msat: 0 })
+            }
+        });
+        assert_eq!(orders(&ev).len(), 3);
+        assert!(!ev.contains(&PayerEvent::Ready));
+        assert!(!p.ready());
+        let now = t0 + Duration::from_millis(400);
+        p.on_result(
+            held.unwrap(),
+            PayResult::Sent { fee_msat: 0 },
+            now,
+            &mut b,
+            &mut rng,
+        );
+        assert!(p.ready());
+        let ev = p.poll(now, &mut b, &mut rng);
+        assert_eq!(ev, vec![PayerEvent::Ready]);
+        assert!(!p.poll(now, &mut b, &mut rng).contains(&PayerEvent::Ready));
+        assert_eq!(b.spent_msat(), 3000);
+    }
+
+    #[test]
+    fn a_failed_first_payment_gives_the_circuit_up_without_retry() {
+        let mut rng = StdRng::seed_from_u64(32);
+        let t0 = Instant::now();
+        let hops = [hop(1, 1000, 0), hop(2, 1000, 0)];
+        let mut p = CircuitPayer::new(cfg(), &hops, &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        let soon = t0 + Duration::from_secs(1);
+        let ev = events_until(&mut p, &mut b, &mut rng, t0, soon, |o| {
+            Some(if o.hop == 1 {
+                PayResult::Failed
+            } else {
+                PayResult::Sent { fee_msat: 0 }
+            })
+        });
+        let failed: Vec<_> = ev
+            .iter()
+            .filter(|e| matches!(e, PayerEvent::FirstPaymentFailed { .. }))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![&PayerEvent::FirstPaymentFailed {
+                hop: 1,
+                timed_out: false
+            }]
+        );
+        // One order per hop: no retry of the failed one, no Ready, no Rebuild.
+        assert_eq!(orders(&ev).iter().filter(|o| o.hop == 1).count(), 1);
+        assert!(!ev.contains(&PayerEvent::Ready));
+        assert!(!ev.iter().any(|e| matches!(e, PayerEvent::Rebuild { .. })));
+        assert!(p.stopped());
+        assert_eq!(b.reserved_msat(), 0);
+    }
+
+    #[test]
+    fn first_payments_that_take_too_long_give_the_circuit_up() {
+        let mut rng = StdRng::seed_from_u64(33);
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.first_payment_timeout = Duration::from_secs(5);
+        let hops = [hop(1, 1000, 0), hop(2, 1000, 0)];
+        let mut p = CircuitPayer::new(c.clone(), &hops, &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        // Hop 0 is paid, hop 1's payment never resolves: the deadline wakes the shell.
+        let later = t0 + Duration::from_secs(10);
+        let ev = events_until(&mut p, &mut b, &mut rng, t0, later, |o| {
+            (o.hop == 0).then_some(PayResult::Sent { fee_msat: 0 })
+        });
+        assert!(ev.contains(&PayerEvent::FirstPaymentFailed {
+            hop: 1,
+            timed_out: true
+        }));
+        assert!(p.stopped() && !p.ready());
+        assert_eq!(p.next_deadline(t0 + Duration::from_secs(6)), None);
+        // Not before the timeout.
+        let mut q = CircuitPayer::new(c, &hops, &CAP, t0, &mut rng).unwrap();
+        let ev = q.poll(t0 + Duration::from_secs(4), &mut b, &mut rng);
+        assert!(!ev
+            .iter()
+            .any(|e| matches!(e, PayerEvent::FirstPaymentFailed { .. })));
+    }
+
+    #[test]
+    fn a_budget_short_of_the_first_chunks_stops_before_ready() {
+        let mut rng = StdRng::seed_from_u64(34);
+        let t0 = Instant::now();
+        let hops = [hop(1, 1000, 0), hop(2, 1000, 0)];
+        let mut p = CircuitPayer::new(cfg(), &hops, &CAP, t0, &mut rng).unwrap();
+        // Room for one chunk and its fee cap, not two.
+        let mut b = Budget::new(Some(1500), 0);
+        let soon = t0 + Duration::from_secs(1);
+        let ev = events_until(&mut p, &mut b, &mut rng, t0, soon, |_| {
+            Some(PayResult::Sent { fee_msat: 0 })
+        });
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, PayerEvent::BudgetReached { .. })));
+        assert!(!ev.contains(&PayerEvent::Ready));
+        assert!(b.spent_msat() <= 1500);
     }
 }

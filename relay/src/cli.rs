@@ -42,6 +42,9 @@ pub struct Cli {
     /// $XDG_DATA_HOME/onionvpn-relay or ~/.local/share/onionvpn-relay]
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Print the loaded configuration as TOML (secrets shown as `[redacted]`) and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     /// What to do (default: run).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -154,6 +157,9 @@ pub enum CliError {
     /// A wallet command failed, or the relay has no `[lightning]` section.
     #[error("wallet: {0}")]
     Wallet(String),
+    /// `--print-config` could not render the configuration.
+    #[error("printing the configuration: {0}")]
+    PrintConfig(String),
     /// `init` could not write the config file.
     #[error("{}: cannot write config: {source}", path.display())]
     WriteConfig {
@@ -309,14 +315,7 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 /// the exit policy and the network), turns log redaction on or off, and loads the keys
 /// (creating missing ones, rotating the onion key if due).
 pub fn prepare_run(cli: &Cli, env: &Env, now: u64) -> Result<RunSetup, CliError> {
-    let config_path = match &cli.config {
-        Some(p) => p.clone(),
-        None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
-    };
-    if !config_path.exists() {
-        return Err(CliError::NoConfig { path: config_path });
-    }
-    let config = Config::load(&config_path)?;
+    let (config, config_path) = read_config(cli, env)?;
     config.advertised()?;
     config.exit_policy()?;
     config.network()?;
@@ -446,9 +445,32 @@ pub fn control_socket(cli: &Cli, env: &Env) -> Result<PathBuf, CliError> {
     Ok(crate::control::socket_path(&data_dir))
 }
 
+/// `--print-config`: the loaded configuration as TOML. Secrets (the `[lightning]` bitcoind
+/// RPC password, credentials in an Esplora URL) are printed as `[redacted]`; the first line
+/// names the file that holds them. Parsing the text back gives the same configuration but
+/// for those values.
+pub fn print_config(cli: &Cli, env: &Env) -> Result<String, CliError> {
+    let (mut config, path) = read_config(cli, env)?;
+    config.lightning = config.lightning.map(|l| l.redacted());
+    let body = toml::to_string(&config).map_err(|e| CliError::PrintConfig(e.to_string()))?;
+    Ok(format!(
+        "# Secrets are printed as {}: see them in {}.\n{body}",
+        onionvpn_pay::ldk::REDACTED,
+        path.display()
+    ))
+}
+
 /// The config file (`--config`, else `<data dir>/relay.toml`), loaded, with its data
 /// directory.
 pub fn load_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
+    let (config, _) = read_config(cli, env)?;
+    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
+    Ok((config, data_dir))
+}
+
+/// Reads the configuration `--config` names, or the one in the data directory, and says
+/// where it was.
+fn read_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> {
     let config_path = match &cli.config {
         Some(p) => p.clone(),
         None => resolve_data_dir(cli, None, env)?.join(CONFIG_FILE_NAME),
@@ -457,8 +479,7 @@ pub fn load_config(cli: &Cli, env: &Env) -> Result<(Config, PathBuf), CliError> 
         return Err(CliError::NoConfig { path: config_path });
     }
     let config = Config::load(&config_path)?;
-    let data_dir = resolve_data_dir(cli, Some(&config), env)?;
-    Ok((config, data_dir))
+    Ok((config, config_path))
 }
 
 /// Where clients should reach the relay's Lightning node besides its configured listening

@@ -17,8 +17,8 @@ use onionvpn_pay::ldk::wallet_cmd::{self, WalletAnswer, WalletCommand};
 use onionvpn_pay::ldk::{LdkConfig, LdkRail};
 use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget, LightningProbe};
 use onionvpn_relay::cli::{
-    control_socket, earnings, init, ln_reach, load_config, prepare_check, prepare_run, unix_now,
-    Cli, CliError, Command, Env,
+    control_socket, earnings, init, ln_reach, load_config, prepare_check, prepare_run,
+    print_config, unix_now, Cli, CliError, Command, Env,
 };
 use onionvpn_relay::config::LogLevel;
 use onionvpn_pay::ldk::control::{forward_or_run, WalletOutcome};
@@ -35,6 +35,18 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
+    if cli.print_config {
+        return match print_config(&cli, &env) {
+            Ok(text) => {
+                let _ = write!(std::io::stdout().lock(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("onionvpn-relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match cli.action() {
         Command::Init => match init(&cli, &env, unix_now()) {
             Ok(report) => {

@@ -475,3 +475,38 @@ fn config_files_larger_than_the_limit_are_refused() {
         matches!(Config::load(&missing), Err(ConfigError::Read { ref path, .. }) if *path == missing)
     );
 }
+
+#[test]
+fn print_config_redacts_the_rpc_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("relay.toml");
+    let text = format!(
+        "data_dir = \"{}\"\nlisten = \"127.0.0.1:9001\"\n[lightning]\nnetwork = \"regtest\"\n\
+         listen = \"127.0.0.1:9735\"\n[lightning.bitcoind]\nhost = \"127.0.0.1\"\nport = 18443\n\
+         user = \"u\"\npassword = \"hunter2-secret\"\n",
+        tmp.path().display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let env = env_in(tmp.path());
+    let out = cli::print_config(
+        &cli(&["--print-config", "--config", path.to_str().unwrap()]),
+        &env,
+    )
+    .unwrap();
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "# Secrets are printed as [redacted]: see them in {}.",
+            path.display()
+        )),
+        "{out}"
+    );
+    // The rest is the configuration, the password replaced.
+    let back = parse(&out).unwrap();
+    let orig = Config::load(&path).unwrap();
+    let bitcoind = |c: &Config| c.lightning.clone().unwrap().bitcoind.unwrap();
+    assert_eq!(bitcoind(&back).password, "[redacted]");
+    assert_eq!(bitcoind(&back).user, bitcoind(&orig).user);
+    assert_eq!(back.listen, orig.listen);
+    assert_eq!(back.prices, orig.prices);
+}

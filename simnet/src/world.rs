@@ -1735,7 +1735,10 @@ impl World {
                         self.out.circuits[r].outcome = "built; budget reached".into();
                     }
                 }
-                PayerEvent::Rebuild { hop } => {
+                // The circuit carries its stream from the build on (the client waits for
+                // `Ready` before handing a circuit to a stream; the simulator does not yet).
+                PayerEvent::Ready => {}
+                PayerEvent::Rebuild { hop } | PayerEvent::FirstPaymentFailed { hop, .. } => {
                     // Payments to a hop keep failing: avoid it and build elsewhere.
                     let relay = payer_hops.get(hop).and_then(|h| hops.get(*h)).copied();
                     if let Some(r) = relay {

@@ -62,7 +62,7 @@ pub struct LocalNetConfig {
 /// How the relays and the client of a paid local network are paid.
 #[derive(Debug, Clone)]
 pub enum Rails {
-    /// The in-memory TEST rail (no Lightning): instant, no fees.
+    /// The in-memory TEST rail (no Lightning): no fees, instant unless a latency is set.
     Memory(MemoryNetwork),
     /// Real ldk-node instances on a real regtest chain, with a channel from the client's
     /// node to every relay's ([`regtest::LdkNet`]; it needs at least as many relay nodes as
@@ -89,11 +89,10 @@ impl Rails {
         }
     }
 
-    /// Outgoing payments of client `name`'s node still in flight (always 0 on the memory
-    /// rail, whose payments complete at once).
-    pub fn client_in_flight(&self, _name: &str) -> usize {
+    /// Outgoing payments of client `name`'s node still in flight.
+    pub fn client_in_flight(&self, name: &str) -> usize {
         match self {
-            Rails::Memory(_) => 0,
+            Rails::Memory(m) => m.in_flight(client_node_id(name)),
             Rails::Ldk(l) => l
                 .client()
                 .node()
@@ -114,6 +113,23 @@ impl Rails {
                 .node()
                 .list_payments_with_filter(|p| matches!(p.kind, PaymentKind::Spontaneous { .. }))
                 .len(),
+        }
+    }
+}
+
+impl Rails {
+    /// Keysend payments still held in the store of relay `i`'s node (received, not yet
+    /// forgotten after the ledger recorded them).
+    pub fn relay_stored(&self, i: usize) -> usize {
+        match self {
+            Rails::Memory(m) => m.stored(relay_node_id(i)),
+            Rails::Ldk(l) => l.relay(i).map_or(0, |r| {
+                r.node()
+                    .list_payments_with_filter(|p| {
+                        matches!(p.kind, PaymentKind::Spontaneous { .. })
+                    })
+                    .len()
+            }),
         }
     }
 }

@@ -306,21 +306,8 @@ impl Regtest {
         to: &[&LdkRail],
         sats: u64,
     ) -> Result<(), RegtestError> {
-        let mut ev_from = from.channel_events();
         for peer in to {
-            let mut ev_to = peer.channel_events();
-            let addr = peer
-                .listening_address()
-                .ok_or(RegtestError::Address("peer does not listen".into()))?;
-            from.open_channel(peer.node_id(), addr, sats, None).await?;
-            wait_event(&mut ev_from, "channel pending", |e| {
-                matches!(e, ChannelEvent::Pending { .. })
-            })
-            .await?;
-            wait_event(&mut ev_to, "channel pending at peer", |e| {
-                matches!(e, ChannelEvent::Pending { .. })
-            })
-            .await?;
+            open_pending(from, peer, sats, None).await?;
             // ldk-node's wallet does not count its own unconfirmed funding transaction as
             // spending its input: the next open would pick the same coin (a double spend
             // the chain refuses). One block and a sync make the spend known.
@@ -360,21 +347,7 @@ impl Regtest {
         sats: u64,
         push_msat: Option<u64>,
     ) -> Result<(), RegtestError> {
-        let mut ev_from = from.channel_events();
-        let mut ev_to = to.channel_events();
-        let addr = to
-            .listening_address()
-            .ok_or(RegtestError::Address("peer does not listen".into()))?;
-        from.open_channel(to.node_id(), addr, sats, push_msat)
-            .await?;
-        wait_event(&mut ev_from, "channel pending", |e| {
-            matches!(e, ChannelEvent::Pending { .. })
-        })
-        .await?;
-        wait_event(&mut ev_to, "channel pending at peer", |e| {
-            matches!(e, ChannelEvent::Pending { .. })
-        })
-        .await?;
+        let (mut ev_from, mut ev_to) = open_pending(from, to, sats, push_msat).await?;
         self.mine(CHANNEL_DEPTH)?;
         wait_event(&mut ev_from, "channel ready", |e| {
             matches!(e, ChannelEvent::Ready { .. })
@@ -386,6 +359,35 @@ impl Regtest {
         .await?;
         wait_usable(from, to).await
     }
+}
+
+/// A node's channel events, as [`LdkRail::channel_events`] gives them.
+type ChannelEvents = tokio::sync::broadcast::Receiver<ChannelEvent>;
+
+/// Opens a channel from `from` to `to` and waits until both sides see it pending; returns
+/// both sides' channel event receivers, subscribed before the open so no event is missed.
+async fn open_pending(
+    from: &LdkRail,
+    to: &LdkRail,
+    sats: u64,
+    push_msat: Option<u64>,
+) -> Result<(ChannelEvents, ChannelEvents), RegtestError> {
+    let mut ev_from = from.channel_events();
+    let mut ev_to = to.channel_events();
+    let addr = to
+        .listening_address()
+        .ok_or(RegtestError::Address("peer does not listen".into()))?;
+    from.open_channel(to.node_id(), addr, sats, push_msat)
+        .await?;
+    wait_event(&mut ev_from, "channel pending", |e| {
+        matches!(e, ChannelEvent::Pending { .. })
+    })
+    .await?;
+    wait_event(&mut ev_to, "channel pending at peer", |e| {
+        matches!(e, ChannelEvent::Pending { .. })
+    })
+    .await?;
+    Ok((ev_from, ev_to))
 }
 
 /// Waits until `from` has a usable channel to `to` and `to` one to `from` (after a restart

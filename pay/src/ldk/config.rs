@@ -125,6 +125,36 @@ pub struct BitcoindConfig {
     pub password: String,
 }
 
+/// What `--print-config` shows in place of a secret.
+pub const REDACTED: &str = "[redacted]";
+
+impl LdkConfig {
+    /// This configuration with its secrets replaced by [`REDACTED`], for printing: the
+    /// bitcoind RPC password and any credentials in the Esplora URL (`https://user:pass@…`).
+    pub fn redacted(&self) -> LdkConfig {
+        let mut c = self.clone();
+        if let Some(b) = c.bitcoind.as_mut() {
+            b.password = REDACTED.to_owned();
+        }
+        if let Some(e) = c.esplora.as_mut() {
+            e.url = redact_url_credentials(&e.url);
+        }
+        c
+    }
+}
+
+/// `scheme://user:pass@host/…` → `scheme://[redacted]@host/…`; other URLs unchanged.
+fn redact_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 impl fmt::Debug for BitcoindConfig {
     // The password must not reach logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -309,6 +339,30 @@ password = "secret"
         assert_eq!(v.max_routing_fee_msat, 5_000);
         assert_eq!(v.log_level, LdkLogLevel::Info);
         assert!(matches!(v.chain, ChainSource::Bitcoind(ref b) if b.port == 18443));
+    }
+
+    #[test]
+    fn redacted_hides_the_password_and_url_credentials() {
+        let mut c = parse(BASE);
+        let r = c.redacted();
+        assert_eq!(r.bitcoind.as_ref().unwrap().password, REDACTED);
+        assert_eq!(
+            r.bitcoind.as_ref().unwrap().user,
+            c.bitcoind.as_ref().unwrap().user
+        );
+        assert_ne!(c.bitcoind.as_ref().unwrap().password, REDACTED);
+        c.bitcoind = None;
+        for (url, shown) in [
+            (
+                "https://u:secret@esplora.example/api",
+                "https://[redacted]@esplora.example/api",
+            ),
+            ("https://esplora.example/a@b", "https://esplora.example/a@b"),
+            ("https://esplora.example", "https://esplora.example"),
+        ] {
+            c.esplora = Some(EsploraConfig { url: url.into() });
+            assert_eq!(c.redacted().esplora.unwrap().url, shown);
+        }
     }
 
     #[test]

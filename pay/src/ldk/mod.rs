@@ -28,6 +28,7 @@ use ldk_node::lightning::ln::channelmanager::PaymentId as LdkPaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning::routing::router::RouteParametersConfig;
 use ldk_node::logger::LogLevel;
+use ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use ldk_node::{Builder, CustomTlvRecord, Node, NodeError};
 use onionvpn_proto::ext::PaymentToken;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     BitcoindConfig, ChainSource, EsploraConfig, LdkConfig, LdkLogLevel, LdkNetwork, ValidConfig,
+    REDACTED,
 };
 pub use events::ChannelEvent;
 /// The ldk-node crate, for callers that need its types (addresses, keys) without a second
@@ -245,6 +247,23 @@ impl LdkRail {
         self.node.payment(&LdkPaymentId(id.0)).is_some()
     }
 
+    /// Removes the records of failed outgoing keysends from the node's store. ldk-node keeps
+    /// one per failure (including sends refused at once, whose id the caller never learns),
+    /// and nothing moved, so nothing needs them; successes are forgotten by the payer
+    /// ([`PaymentRail::forget`]) once counted.
+    fn forget_failed_keysends(&self) {
+        let failed = self.node.list_payments_with_filter(|p| {
+            p.direction == PaymentDirection::Outbound
+                && p.status == PaymentStatus::Failed
+                && matches!(p.kind, PaymentKind::Spontaneous { .. })
+        });
+        for p in failed {
+            if let Err(e) = self.node.remove_payment(&p.id) {
+                tracing::debug!("ldk: forgetting a failed keysend: {e}");
+            }
+        }
+    }
+
     /// The underlying node, for operations the rail does not wrap.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
@@ -392,18 +411,23 @@ impl PaymentRail for LdkRail {
                 value: req.token.0.to_vec(),
             };
             let node = &self.node;
-            self.track(
-                || {
-                    node.spontaneous_payment().send_with_custom_tlvs(
-                        req.amount_msat,
-                        to,
-                        Some(route_params(fee_cap)),
-                        vec![tlv],
-                    )
-                },
-                "keysend",
-            )
-            .await
+            let r = self
+                .track(
+                    || {
+                        node.spontaneous_payment().send_with_custom_tlvs(
+                            req.amount_msat,
+                            to,
+                            Some(route_params(fee_cap)),
+                            vec![tlv],
+                        )
+                    },
+                    "keysend",
+                )
+                .await;
+            if r.is_err() {
+                self.forget_failed_keysends();
+            }
+            r
         })
     }
 
