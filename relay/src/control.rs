@@ -9,10 +9,10 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use onionvpn_pay::ldk::control::{self as shared, Served};
 pub use onionvpn_pay::ldk::control::{
     bind, query_wallet, socket_path, ControlError, WalletAccess, SOCKET_NAME, WALLET_TIMEOUT,
 };
-use onionvpn_pay::ldk::control::{self as shared, Served};
 
 use crate::status::StatusReport;
 

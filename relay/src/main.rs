@@ -13,6 +13,7 @@ use std::time::Duration;
 use std::path::Path;
 use std::sync::Arc;
 
+use onionvpn_pay::ldk::control::{forward_or_run, WalletOutcome};
 use onionvpn_pay::ldk::wallet_cmd::{self, WalletAnswer, WalletCommand};
 use onionvpn_pay::ldk::{LdkConfig, LdkRail};
 use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget, LightningProbe};
@@ -21,7 +22,6 @@ use onionvpn_relay::cli::{
     print_config, unix_now, Cli, CliError, Command, Env,
 };
 use onionvpn_relay::config::LogLevel;
-use onionvpn_pay::ldk::control::{forward_or_run, WalletOutcome};
 use onionvpn_relay::control::WalletAccess;
 use onionvpn_relay::notify::Notifier;
 use onionvpn_relay::payments::{ledger_dir, PaymentsSetup};

@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use onionvpn_client::status::ClientStatus;
+use onionvpn_pay::ldk::control;
 use onionvpn_pay::ldk::wallet_cmd::{WalletAnswer, WalletCommand};
 use onionvpn_pay::ldk::ChannelEvent;
 use onionvpn_pay::ledger::Ledger;
 use onionvpn_pay::{KeysendRequest, NodeId, PaymentRail};
 use onionvpn_proto::ext::PaymentToken;
-use onionvpn_client::status::ClientStatus;
-use onionvpn_pay::ldk::control;
 use onionvpn_relay::control::{query_status, query_wallet, socket_path};
 use onionvpn_tests::regtest::{
     free_port, wait_event, Regtest, CHANNEL_DEPTH, COINBASE_MATURITY, NODE_DEADLINE, SEGWIT_HEIGHT,
@@ -390,7 +390,12 @@ async fn client_binary_wallet_and_status_over_its_control_socket() {
         .await
         .expect("peer rail");
     let peer_addr = peer.listening_address().unwrap();
-    let peer_hex: String = peer.node_id().0.iter().map(|b| format!("{b:02x}")).collect();
+    let peer_hex: String = peer
+        .node_id()
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
     let client = Daemon {
         bin: bin("onionvpn-client"),
@@ -505,10 +510,16 @@ async fn client_binary_wallet_and_status_over_its_control_socket() {
         "{status:?}: {}",
         std::fs::read_to_string(&client.log).unwrap_or_default()
     );
-    assert!(!client.socket().exists(), "control socket removed on SIGTERM");
+    assert!(
+        !client.socket().exists(),
+        "control socket removed on SIGTERM"
+    );
     let out = client.cmd(&["status"]);
     assert!(!out.status.success());
     let text = client.ok(&["wallet", "channels"]);
-    assert!(text.contains("no channels") || text.contains("sat"), "{text}");
+    assert!(
+        text.contains("no channels") || text.contains("sat"),
+        "{text}"
+    );
     peer.stop().await.unwrap();
 }
