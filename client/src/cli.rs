@@ -189,6 +189,7 @@ impl Cli {
             },
             // File only (see ClientConfig::lightning).
             lightning: None,
+            payments: None,
         }
     }
 

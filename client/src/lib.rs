@@ -3,8 +3,12 @@
 pub mod buildtime;
 pub mod circmgr;
 pub mod circuit_task;
+// The command line runs wallet commands on ldk-node: it needs the `ldk` feature (default on;
+// off for the simulator, which uses the circuit manager and build-time estimator).
+#[cfg(feature = "ldk")]
 pub mod cli;
 pub mod config;
+pub mod payer_settings;
 pub mod payments;
 pub mod runtime;
 pub mod socks;

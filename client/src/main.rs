@@ -150,12 +150,11 @@ async fn run(config: ClientConfig) -> ExitCode {
         reach: Vec::new(),
     });
     if let (Some(r), Some(ln)) = (&rail, &config.lightning) {
-        let defaults = PayerConfig::default();
         opts.payments = Some(PaymentsSetup {
             rail: r.clone() as Arc<dyn PaymentRail>,
             payer: PayerConfig {
-                max_fee_msat: defaults.max_fee_msat.min(ln.max_routing_fee_msat),
-                ..defaults
+                max_fee_msat: config.payer.max_fee_msat.min(ln.max_routing_fee_msat),
+                ..config.payer.clone()
             },
         });
     }

@@ -25,3 +25,15 @@ pub use rail::{
 
 #[cfg(feature = "ldk")]
 pub mod ldk;
+
+/// Without the `ldk` feature: only the Lightning node's configuration (`[lightning]` of the
+/// relay's and client's config files), so that crates which read those files build without
+/// ldk-node (the simulator). The node itself, its wallet commands and its log need `ldk`.
+#[cfg(not(feature = "ldk"))]
+pub mod ldk {
+    pub mod config;
+    pub use config::{
+        BitcoindConfig, ChainSource, EsploraConfig, LdkConfig, LdkLogLevel, LdkNetwork,
+        ValidConfig, REDACTED,
+    };
+}

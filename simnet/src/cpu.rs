@@ -12,8 +12,9 @@
 //! The model: every piece of work belongs to a circuit (a key); a node runs each key's work
 //! in order (like the circuit task of the binaries) on one of its `cores` lanes, so a
 //! node's cells leave in the order it processed them. When nodes share a host
-//! (`shared_host_cores`), its cores are shared among the busy lanes (processor sharing): a
-//! busy host slows everybody on it.
+//! (`shared_host_cores`), every piece of work also holds one of the host's cores while it
+//! runs (the earliest gap that fits, at or after its lane is free): a busy host makes
+//! everybody on it wait, and never runs more at once than it has cores.
 
 use serde::Deserialize;
 
@@ -50,6 +51,18 @@ pub struct CpuCosts {
     /// The payment bookkeeping of one payment at one end (payer schedule or account
     /// credit). The Lightning node's own work is not included (not measured).
     pub payment_ns: f64,
+    /// What the whole real stack spends on one cell of a stream per link side beyond the
+    /// micro-operations above: task wake-ups, queue hand-offs, copies, and at the ends the
+    /// application's sockets (the exit reading the destination, the client writing to the
+    /// SOCKS application). Derived from a real loopback transfer (process CPU time per cell
+    /// minus the model's per-cell costs, spread over the link sides a cell crosses).
+    #[serde(default)]
+    pub stack_cell_ns: f64,
+    /// The same for a lone build or teardown message per link side, derived from a burst
+    /// of real circuit builds (process CPU time per build minus the model's handshakes and
+    /// messages, spread over the build's and teardown's message sides).
+    #[serde(default)]
+    pub stack_msg_ns: f64,
 }
 
 /// The shipped calibration file: costs and the command that produced them.
@@ -82,6 +95,8 @@ impl CpuCosts {
             client_finish_ns: self.client_finish_ns * k,
             link_handshake_ns: self.link_handshake_ns * k,
             payment_ns: self.payment_ns * k,
+            stack_cell_ns: self.stack_cell_ns * k,
+            stack_msg_ns: self.stack_msg_ns * k,
         }
     }
 
@@ -101,7 +116,9 @@ impl CpuCosts {
              relay_accept_ns = {:.0}\n\
              client_finish_ns = {:.0}\n\
              link_handshake_ns = {:.0}\n\
-             payment_ns = {:.0}\n",
+             payment_ns = {:.0}\n\
+             stack_cell_ns = {:.0}\n\
+             stack_msg_ns = {:.0}\n",
             self.layer_ns,
             self.link_msg_ns,
             self.link_cell_ns,
@@ -110,6 +127,8 @@ impl CpuCosts {
             self.client_finish_ns,
             self.link_handshake_ns,
             self.payment_ns,
+            self.stack_cell_ns,
+            self.stack_msg_ns,
         )
     }
 }
@@ -128,10 +147,14 @@ pub struct Cpu {
     costs: CpuCosts,
     /// Per node, when each of its lanes is free (ns).
     lanes: Vec<Vec<u64>>,
-    /// The shared host's cores (0: nodes do not share a host).
-    host: usize,
+    /// The shared host's cores: per core, its reserved intervals `[start, end)` that end
+    /// after the last call's `now`, in order (empty: nodes do not share a host).
+    host: Vec<Vec<(u64, u64)>>,
     /// Total busy ns per node (for outputs and tests).
     busy: Vec<u64>,
+    /// The event time: no work is ready before it (the `now` of [`Cpu::run`] may be later,
+    /// when a handler chains work after its own).
+    clock: u64,
 }
 
 impl Cpu {
@@ -141,8 +164,17 @@ impl Cpu {
         Cpu {
             costs,
             lanes: vec![vec![0; cores]; nodes],
-            host: layout.shared_host_cores.unwrap_or(0),
+            host: vec![Vec::new(); layout.shared_host_cores.unwrap_or(0)],
             busy: vec![0; nodes],
+            clock: 0,
+        }
+    }
+
+    /// The simulation reached `t` (events run in time order): host reservations that ended
+    /// by then can be forgotten.
+    pub fn advance(&mut self, t: u64) {
+        if t > self.clock {
+            self.clock = t;
         }
     }
 
@@ -154,10 +186,12 @@ impl Cpu {
     /// Runs `cost_ns` of work of circuit `key` on `node`, ready at `now`; returns when it
     /// is done. Work of one key on one node runs in order.
     ///
-    /// On a shared host the cores are shared as in processor sharing: work that starts while
-    /// `n` lanes of the host are busy (this one included) runs `n / cores` times slower when
-    /// `n` exceeds the cores. (Reserving whole cores at future times instead would leave
-    /// them idle before the reservation while other work waits.)
+    /// On a shared host the work also needs one of the host's cores for its whole length:
+    /// it takes the earliest gap of a core, at or after the time its lane is free, that
+    /// fits it (work is not preempted). Gaps left before work reserved ahead of time stay
+    /// usable by work that is ready earlier, so no core idles while work waits, and the
+    /// host never runs more work at once than it has cores. (Processor sharing computed
+    /// once at the start, as before, let a 1-core host run 1.9 cores of work.)
     pub fn run(&mut self, node: u32, key: u32, now: u64, cost_ns: f64) -> u64 {
         let cost = cost_ns.max(0.0);
         let Some(lanes) = self.lanes.get(node as usize) else {
@@ -170,22 +204,46 @@ impl Cpu {
             // Nothing to do, but stay behind the key's earlier work (order).
             return start;
         }
-        let mut stretch = 1.0;
-        if self.host > 0 {
-            let busy = self
-                .lanes
-                .iter()
-                .enumerate()
-                .flat_map(|(j, l)| l.iter().enumerate().map(move |(k, f)| (j, k, *f)))
-                .filter(|&(j, k, f)| f > start && !(j == node as usize && k == li))
-                .count()
-                + 1;
-            stretch = (busy as f64 / self.host as f64).max(1.0);
-        }
-        let done = start + (cost * stretch).round() as u64;
+        let len = cost.round() as u64;
+        let done = if self.host.is_empty() {
+            start + len
+        } else {
+            self.host_place(start, len)
+        };
         self.lanes[node as usize][li] = done;
-        self.busy[node as usize] += cost.round() as u64;
+        self.busy[node as usize] += len;
         done
+    }
+
+    /// Reserves `len` ns on the host core that can start it first at or after `ready`;
+    /// returns its end. Intervals that ended by the event clock are dropped (no work is
+    /// ready before it).
+    fn host_place(&mut self, ready: u64, len: u64) -> u64 {
+        let now = self.clock;
+        let mut best: Option<(u64, usize, usize)> = None; // (start, core, insert index)
+        for (ci, core) in self.host.iter_mut().enumerate() {
+            let gone = core.iter().take_while(|&&(_, end)| end <= now).count();
+            core.drain(..gone);
+            let mut at = ready;
+            let mut idx = core.len();
+            for (i, &(s, e)) in core.iter().enumerate() {
+                if at + len <= s {
+                    idx = i;
+                    break;
+                }
+                at = at.max(e);
+            }
+            if best.is_none_or(|(b, _, _)| at < b) {
+                best = Some((at, ci, idx));
+            }
+        }
+        let Some((at, ci, idx)) = best else {
+            return ready + len;
+        };
+        if let Some(core) = self.host.get_mut(ci) {
+            core.insert(idx, (at, at + len));
+        }
+        at + len
     }
 
     /// Busy ns of `node` so far.
@@ -232,12 +290,31 @@ mod tests {
             },
             costs(),
         );
-        // Four nodes ready at 0, 100 ns each, two host cores: the first two run at full
-        // speed, the third and fourth share the cores with the others (1.5×, 2× slower).
+        // Four nodes ready at 0, 100 ns each, two host cores: two run at once, the others
+        // wait for a core.
         let done: Vec<u64> = (0..4).map(|n| cpu.run(n, 0, 0, 100.0)).collect();
-        assert_eq!(done, vec![100, 100, 150, 200]);
+        assert_eq!(done, vec![100, 100, 200, 200]);
         // Later, alone on the host: full speed again.
         assert_eq!(cpu.run(0, 0, 1000, 100.0), 1100);
+        let mut one = Cpu::new(
+            2,
+            &CpuLayout {
+                cores: 1,
+                shared_host_cores: Some(1),
+            },
+            costs(),
+        );
+        assert_eq!(one.run(0, 0, 0, 500.0), 500);
+        assert_eq!(one.run(0, 0, 0, 200.0), 700); // the lane: after 500
+                                                  // Node 1, ready at 10: the only core is reserved 0–700.
+        assert_eq!(one.run(1, 0, 10, 100.0), 800);
+        // Work chained ahead by a handler (ready at 2000) leaves the gap before it to work
+        // that is ready earlier.
+        assert_eq!(one.run(1, 1, 2000, 100.0), 2100);
+        assert_eq!(one.run(0, 1, 1000, 100.0), 1100);
+        assert_eq!(one.run(0, 2, 1950, 100.0), 2200);
+        one.advance(3000);
+        assert_eq!(one.run(0, 3, 3000, 100.0), 3100);
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct CpuSection {
     pub link_handshake_ns: Option<f64>,
     /// Override: ns per payment per end.
     pub payment_ns: Option<f64>,
+    /// Override: the real stack's own ns per cell of a stream per link side.
+    pub stack_cell_ns: Option<f64>,
+    /// Override: the real stack's own ns per build or teardown message per link side.
+    pub stack_msg_ns: Option<f64>,
 }
 
 fn default_true() -> bool {
@@ -100,6 +104,8 @@ impl Default for CpuSection {
             client_finish_ns: None,
             link_handshake_ns: None,
             payment_ns: None,
+            stack_cell_ns: None,
+            stack_msg_ns: None,
         }
     }
 }
@@ -116,6 +122,8 @@ impl CpuSection {
             client_finish_ns: self.client_finish_ns.unwrap_or(base.client_finish_ns),
             link_handshake_ns: self.link_handshake_ns.unwrap_or(base.link_handshake_ns),
             payment_ns: self.payment_ns.unwrap_or(base.payment_ns),
+            stack_cell_ns: self.stack_cell_ns.unwrap_or(base.stack_cell_ns),
+            stack_msg_ns: self.stack_msg_ns.unwrap_or(base.stack_msg_ns),
         };
         if self.enabled {
             c.scaled(self.scale)

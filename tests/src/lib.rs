@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod netns;
 pub mod rawlink;
 pub mod regtest;
+pub mod simcal;
 pub mod socksc;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -306,6 +307,7 @@ pub fn client_config(
         log_sensitive: false,
         tun: None,
         lightning: None,
+        payer: Default::default(),
     }
 }
 

@@ -63,8 +63,11 @@ fn calibrate(quick: bool) -> ExitCode {
             let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             let load = load.split_whitespace().next().unwrap_or("?").to_string();
+            // Micro-operations only: the shipped file also has the stack terms from whole
+            // real operations, which need the loopback network (`onionvpn-bench calibrate`).
             let cmd = format!(
-                "onionvpn-simnet calibrate{} > simnet/calibration.toml ({} build)",
+                "onionvpn-simnet calibrate{} ({} build; micro-operations only, stack terms 0: \
+                 simnet/calibration.toml comes from `onionvpn-bench calibrate`)",
                 if quick { " --quick" } else { "" },
                 if cfg!(debug_assertions) {
                     "debug-assertions (dev or test profile)"

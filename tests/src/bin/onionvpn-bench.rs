@@ -5,6 +5,11 @@
 //! itself, all in this process), then prints a table.
 //!
 //! `cargo run --release -p onionvpn-tests --bin onionvpn-bench [-- MiB]`
+//!
+//! `onionvpn-bench calibrate` instead prints simnet's CPU model calibration
+//! (`simnet/calibration.toml`): the micro-operation costs of `onionvpn-simnet calibrate` plus
+//! the stack terms from whole real operations on this network (50 circuit builds, three
+//! 16 MiB downloads; `onionvpn_tests::simcal`).
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
@@ -101,8 +106,66 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `onionvpn-bench calibrate`: the micro costs, then the whole operations, then the file.
+async fn calibrate() -> ExitCode {
+    use onionvpn_simnet::calibrate::{measure, with_stack, Effort};
+    // `measure` runs its own runtime for the channel measurement: off this one's threads.
+    let micro = match tokio::task::spawn_blocking(|| measure(Effort::NORMAL))
+        .await
+        .map_err(|e| onionvpn_simnet::SimError::Setup(e.to_string()))
+        .and_then(|r| r)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("onionvpn-bench: calibrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let net = match LocalNet::start(LocalNetConfig::default()).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("onionvpn-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let m = onionvpn_tests::simcal::measure(&net, 50, 3, 16).await;
+    net.shutdown().await;
+    let m = match m {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("onionvpn-bench: calibrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let costs = with_stack(&micro, &m.whole);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+    let cmd = format!(
+        "onionvpn-bench calibrate > simnet/calibration.toml ({} build)",
+        if cfg!(debug_assertions) {
+            "debug-assertions (dev or test profile)"
+        } else {
+            "release"
+        }
+    );
+    let measured = format!(
+        "{} ({cores} cores, load average {load} at the end; real network: {:.0} ns CPU per \
+         cell, {:.0} ns per build, {:.2} cores busy in the downloads)",
+        onionvpn_simnet::code_version(),
+        m.whole.cell_ns,
+        m.whole.build_ns,
+        m.cores_busy
+    );
+    print!("{}", costs.to_calibration_toml(&cmd, &measured));
+    ExitCode::SUCCESS
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("calibrate") {
+        return calibrate().await;
+    }
     let mib: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
