@@ -151,7 +151,7 @@ impl PaidTally {
                 payments: t.payments,
             })
             .collect();
-        v.sort_by(|a, b| b.paid_msat.cmp(&a.paid_msat));
+        v.sort_by_key(|r| std::cmp::Reverse(r.paid_msat));
         v
     }
 }

@@ -818,7 +818,7 @@ mod tests {
     fn second_open_waits_for_a_confirmation() {
         assert!(open_refusal(&[]).is_none());
         let confirmed = chan(true, true, 0);
-        assert!(open_refusal(&[confirmed.clone()]).is_none());
+        assert!(open_refusal(std::slice::from_ref(&confirmed)).is_none());
         // A channel the peer opened does not spend this node's coins.
         let inbound = ChannelInfo {
             outbound: false,
