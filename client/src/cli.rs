@@ -185,6 +185,7 @@ impl Cli {
             },
             // File only (see ClientConfig::lightning).
             lightning: None,
+            payments: None,
         }
     }
 

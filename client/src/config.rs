@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 use onionvpn_directory::descriptor::Prices;
 use onionvpn_directory::network::{Network, PUBLIC_NETWORK_NAME};
 use onionvpn_pay::ldk::LdkConfig;
+use onionvpn_pay::payer::PayerConfig;
 use onionvpn_proto::consts::MAX_HOPS;
 use onionvpn_proto::relaymsg::Hostname;
 use thiserror::Error;
 
+use crate::payer_settings::{payer_from_toml, payer_to_toml};
 use crate::tun::settings::{TunLayer, TunSettings};
 
 /// Default circuit length.
@@ -68,6 +70,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "tun",
         "a table of TUN-mode settings: enabled, name, address, mtu, routes, fake_range, isolation",
+    ),
+    (
+        "payments",
+        "a table of payer settings: chunk_msat, max_chunk_msat, max_attempts, retry_delay_ms, jitter_ms, max_fee_msat, first_payment_timeout_ms",
     ),
     (
         "lightning",
@@ -202,6 +208,8 @@ pub struct Layer {
     pub tun: TunLayer,
     /// The embedded Lightning node that pays the relays (the `[lightning]` table).
     pub lightning: Option<LdkConfig>,
+    /// How the payer pays each hop (the `[payments]` table).
+    pub payments: Option<PayerConfig>,
 }
 
 impl Layer {
@@ -295,6 +303,7 @@ impl Layer {
                 }
                 "tun" => layer.tun = TunLayer::from_toml(v, &origin)?,
                 "lightning" => layer.lightning = Some(lightning_from_toml(v, &origin)?),
+                "payments" => layer.payments = Some(payer_from_toml(v, &origin)?),
                 other => {
                     return Err(ConfigError::UnknownKey {
                         origin,
@@ -413,6 +422,9 @@ pub struct ClientConfig {
     /// The Lightning node that pays the relays (`None`: the client pays nobody, and relays
     /// that enforce payment end its circuits after their grace).
     pub lightning: Option<LdkConfig>,
+    /// How the payer pays each hop: chunk sizes, retries, jitter, fee cap, first-payment
+    /// timeout (`[payments]`; default [`PayerConfig::default`]).
+    pub payer: PayerConfig,
 }
 
 /// The public mainline DHT bootstrap nodes.
@@ -486,6 +498,8 @@ impl ClientConfig {
             // File only: the node's settings (and its RPC password) do not belong on a
             // command line.
             lightning: file.lightning.clone(),
+            // File only, like `[lightning]`: tuning, not a per-run choice.
+            payer: file.payments.clone().unwrap_or_default(),
         })
     }
 
@@ -503,6 +517,7 @@ impl ClientConfig {
             log_sensitive,
             tun,
             lightning,
+            payer,
         } = self;
         let mut t = toml::Table::new();
         let int = |n: u64| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
@@ -530,6 +545,7 @@ impl ClientConfig {
                 t.insert("lightning".into(), v);
             }
         }
+        t.insert("payments".into(), toml::Value::Table(payer_to_toml(payer)));
         t
     }
 

@@ -8,6 +8,7 @@ pub mod circuit_task;
 #[cfg(feature = "ldk")]
 pub mod cli;
 pub mod config;
+pub mod payer_settings;
 pub mod payments;
 pub mod runtime;
 pub mod socks;

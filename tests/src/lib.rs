@@ -3,6 +3,7 @@
 //! DHT testnet, relays, an HTTP server with test content, a client), a SOCKS5 client and
 //! HTTP helpers.
 
+pub mod cpu;
 pub mod fetch;
 pub mod http;
 pub mod metrics;
@@ -307,6 +308,7 @@ pub fn client_config(
         log_sensitive: false,
         tun: None,
         lightning: None,
+        payer: Default::default(),
     }
 }
 
