@@ -14,7 +14,7 @@ use onionvpn_client::status::ClientStatus;
 use onionvpn_client::{start_client_with, RuntimeOptions};
 use onionvpn_pay::ldk::control::{self, forward_or_run, WalletAccess, WalletOutcome};
 use onionvpn_pay::ldk::wallet_cmd::{self, WalletCommand};
-use onionvpn_pay::ldk::LdkRail;
+use onionvpn_pay::ldk::{node_runtime, LdkConfig, LdkRail};
 use onionvpn_pay::payer::PayerConfig;
 use onionvpn_pay::{PayError, PaymentRail};
 use tracing_subscriber::EnvFilter;
@@ -58,8 +58,25 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let code = rt.block_on(run(config));
+    // The Lightning node runs on a runtime of its own: its disk writes must not stall the
+    // circuits (see `onionvpn_pay::ldk::node_runtime`).
+    let ldk_rt = match config
+        .lightning
+        .as_ref()
+        .map(|_| node_runtime())
+        .transpose()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("onionvpn-client: cannot start the Lightning runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run(config, ldk_rt.as_ref().map(|r| r.handle().clone())));
     rt.shutdown_timeout(Duration::from_secs(5));
+    if let Some(r) = ldk_rt {
+        r.shutdown_timeout(Duration::from_secs(5));
+    }
     code
 }
 
@@ -120,10 +137,10 @@ fn status(config: &ClientConfig) -> ExitCode {
     }
 }
 
-async fn run(config: ClientConfig) -> ExitCode {
+async fn run(config: ClientConfig, ldk: Option<tokio::runtime::Handle>) -> ExitCode {
     let mut opts = RuntimeOptions::default();
-    let rail = match &config.lightning {
-        Some(ln) => match LdkRail::start(ln, &config.data_dir).await {
+    let rail = match (&config.lightning, ldk) {
+        (Some(ln), Some(ldk)) => match start_node(ln, &config.data_dir, &ldk).await {
             Ok(r) => {
                 tracing::info!(
                     node_id = %wallet_cmd::hex(&r.node_id().0),
@@ -136,7 +153,7 @@ async fn run(config: ClientConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => {
+        _ => {
             tracing::warn!(
                 "no [lightning] table: the client pays nobody; relays that charge end its \
                  circuits after their grace"
@@ -165,6 +182,21 @@ async fn run(config: ClientConfig) -> ExitCode {
         }
     }
     code
+}
+
+/// Starts the Lightning node on `ldk` (its own runtime).
+async fn start_node(
+    ln: &LdkConfig,
+    data_dir: &std::path::Path,
+    ldk: &tokio::runtime::Handle,
+) -> Result<Arc<LdkRail>, PayError> {
+    let (ln, data_dir) = (ln.clone(), data_dir.to_path_buf());
+    ldk.spawn(async move { LdkRail::start(&ln, &data_dir).await })
+        .await
+        .map_err(|e| PayError::Node {
+            context: "starting node",
+            detail: e.to_string(),
+        })?
 }
 
 async fn serve(config: ClientConfig, opts: RuntimeOptions) -> ExitCode {

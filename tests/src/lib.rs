@@ -3,6 +3,7 @@
 //! DHT testnet, relays, an HTTP server with test content, a client), a SOCKS5 client and
 //! HTTP helpers.
 
+pub mod cpu;
 pub mod fetch;
 pub mod http;
 pub mod metrics;

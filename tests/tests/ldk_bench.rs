@@ -16,9 +16,12 @@
     missing_docs
 )]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -26,9 +29,11 @@ use std::sync::Arc;
 use onionvpn_pay::ldk::LdkRail;
 use onionvpn_pay::{KeysendRequest, PaymentRail};
 use onionvpn_proto::ext::PaymentToken;
+use onionvpn_tests::cpu::{pid_cpu, CpuSnapshot};
 use onionvpn_tests::http::get;
 use onionvpn_tests::regtest::{LdkNet, Regtest, NODE_DEADLINE};
 use onionvpn_tests::{socksc, LocalNet, LocalNetConfig, PaidNet, Rails};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const LATENCY_N: usize = 50;
 const STORE_N: usize = 200;
@@ -191,11 +196,92 @@ async fn keysend_latency_and_store_size() {
 /// Rounds of the throughput comparison and MiB per round and mode (8 x 128 MiB = 1 GiB).
 const ROUNDS: usize = 8;
 const ROUND_MIB: u64 = 128;
+/// A pause between two reads of the download longer than this counts as a stall.
+const STALL: Duration = Duration::from_millis(50);
+/// Idle time over which the LDK nodes' background CPU is measured.
+const IDLE: Duration = Duration::from_secs(10);
+/// Sequential keysends over which the CPU of one keysend is measured.
+const KEYSENDS: usize = 30;
 
-/// Downloads `mib` MiB through `net`'s client; seconds taken.
-async fn timed_download(net: &LocalNet, mib: u64) -> f64 {
+/// A stream that records the pauses between reads that return data.
+struct GapMeter<S> {
+    inner: S,
+    last: Option<Instant>,
+    gaps: Gaps,
+}
+
+/// Pauses of a download between reads that returned data.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gaps {
+    /// Pauses longer than [`STALL`].
+    stalls: u32,
+    /// Their total length.
+    stalled: Duration,
+    /// The longest pause.
+    max: Duration,
+}
+
+impl Gaps {
+    fn add(&mut self, o: &Gaps) {
+        self.stalls += o.stalls;
+        self.stalled += o.stalled;
+        self.max = self.max.max(o.max);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for GapMeter<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let now = Instant::now();
+            if let Some(last) = self.last {
+                let g = now - last;
+                self.gaps.max = self.gaps.max.max(g);
+                if g > STALL {
+                    self.gaps.stalls += 1;
+                    self.gaps.stalled += g;
+                }
+            }
+            self.last = Some(now);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for GapMeter<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One download: its time, pauses, and the CPU this process (by thread group) and the
+/// chain process used meanwhile.
+struct Round {
+    secs: f64,
+    gaps: Gaps,
+    cpu: BTreeMap<String, Duration>,
+    chain_cpu: Duration,
+}
+
+/// Downloads `mib` MiB through `net`'s client.
+async fn timed_download(net: &LocalNet, mib: u64, chain_pid: u32) -> Round {
     let http = net.http_addr().unwrap();
-    let mut s = socksc::connect(
+    let s = socksc::connect(
         net.socks_addr().unwrap(),
         &http.ip().to_string(),
         http.port(),
@@ -203,6 +289,13 @@ async fn timed_download(net: &LocalNet, mib: u64) -> f64 {
     )
     .await
     .unwrap();
+    let mut s = GapMeter {
+        inner: s,
+        last: None,
+        gaps: Gaps::default(),
+    };
+    let cpu0 = CpuSnapshot::now();
+    let chain0 = pid_cpu(chain_pid).unwrap_or_default();
     let t = Instant::now();
     let d = tokio::time::timeout(
         Duration::from_secs(600),
@@ -211,8 +304,56 @@ async fn timed_download(net: &LocalNet, mib: u64) -> f64 {
     .await
     .expect("download hung")
     .expect("download");
+    let secs = t.elapsed().as_secs_f64();
     assert_eq!(d.len, mib << 20, "the paid circuit was cut short");
-    t.elapsed().as_secs_f64()
+    Round {
+        secs,
+        gaps: s.gaps,
+        cpu: CpuSnapshot::now().delta(&cpu0),
+        chain_cpu: pid_cpu(chain_pid).unwrap_or_default() - chain0,
+    }
+}
+
+/// Sums of a mode's rounds.
+#[derive(Default)]
+struct Totals {
+    rates: Vec<f64>,
+    secs: f64,
+    gaps: Gaps,
+    cpu: BTreeMap<String, Duration>,
+    chain_cpu: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, r: Round) {
+        self.rates.push(ROUND_MIB as f64 / r.secs);
+        self.secs += r.secs;
+        self.gaps.add(&r.gaps);
+        for (k, v) in r.cpu {
+            *self.cpu.entry(k).or_default() += v;
+        }
+        self.chain_cpu += r.chain_cpu;
+    }
+
+    fn report(&self, name: &str) {
+        let total: Duration = self.cpu.values().sum();
+        let mib = (ROUND_MIB * self.rates.len() as u64) as f64;
+        println!(
+            "  {name}: {:.1} s for {mib} MiB; CPU of this process {:.2} s ({:.1} ms/MiB), chain process {:.2} s; \
+             stalls > {} ms: {} totalling {} ms, longest pause {} ms",
+            self.secs,
+            total.as_secs_f64(),
+            total.as_secs_f64() * 1e3 / mib,
+            self.chain_cpu.as_secs_f64(),
+            STALL.as_millis(),
+            self.gaps.stalls,
+            self.gaps.stalled.as_millis(),
+            self.gaps.max.as_millis()
+        );
+        for (k, v) in &self.cpu {
+            println!("    {k:<18} {:>7.2} s", v.as_secs_f64());
+        }
+    }
 }
 
 fn store_of(rail: &LdkRail) -> (usize, u64) {
@@ -227,11 +368,78 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+fn cpu_line(d: &BTreeMap<String, Duration>) -> String {
+    d.iter()
+        .map(|(k, v)| format!("{k} {:.3} s", v.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Keysends `n` payments from `client` to `relays` in turn, one at a time, each waited for
+/// at both ends and pruned; returns the CPU used (this process by group, chain process) and
+/// the wall time.
+async fn keysend_burst(
+    client: &LdkRail,
+    relays: &[Arc<LdkRail>],
+    n: usize,
+    chain_pid: u32,
+) -> (BTreeMap<String, Duration>, Duration, Duration) {
+    let cpu0 = CpuSnapshot::now();
+    let chain0 = pid_cpu(chain_pid).unwrap_or_default();
+    let t = Instant::now();
+    for i in 0..n {
+        let relay = &relays[i % relays.len()];
+        let sent = client
+            .keysend(KeysendRequest {
+                to: relay.node_id(),
+                amount_msat: 1_000,
+                token: PaymentToken([0xee; 16]),
+                max_fee_msat: 1_000,
+            })
+            .await
+            .expect("keysend");
+        // Payments left over from the paid network may come first: skip them.
+        let end = Instant::now() + NODE_DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let got = tokio::time::timeout(left, relay.next_received())
+                .await
+                .expect("deadline")
+                .expect("received");
+            relay.ack_received(got.id).unwrap();
+            relay.forget(got.id).unwrap();
+            if got.id == sent.id {
+                break;
+            }
+        }
+        client.forget(sent.id).unwrap();
+    }
+    let wall = t.elapsed();
+    (
+        CpuSnapshot::now().delta(&cpu0),
+        pid_cpu(chain_pid).unwrap_or_default() - chain0,
+        wall,
+    )
+}
+
+/// Payments the relays of `net` have received (their ledgers' entries).
+fn received(net: &LocalNet) -> u64 {
+    net.ledgers().iter().map(|l| l.entries().unwrap()).sum()
+}
+
+/// A round of the paid network; the keysends its relays received meanwhile.
+async fn paid_round(paid: &LocalNet, totals: &mut Totals, chain_pid: u32) -> u64 {
+    let n0 = received(paid);
+    totals.add(timed_download(paid, ROUND_MIB, chain_pid).await);
+    received(paid) - n0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn paid_vs_unpaid_throughput_and_store_growth() {
     const RELAYS: usize = 3;
     let ldk = Arc::new(LdkNet::start(RELAYS, 1_000_000).await.unwrap());
+    let chain_pid = ldk.chain.pid();
     let local = |paid: Option<PaidNet>| LocalNetConfig {
         relays: RELAYS,
         exits: RELAYS,
@@ -262,38 +470,54 @@ async fn paid_vs_unpaid_throughput_and_store_growth() {
 
     // Warm-up (first payments, congestion windows), then alternate so that load from other
     // work on the machine hits both modes alike.
-    timed_download(&free, 16).await;
-    timed_download(&paid, 16).await;
-    let (mut f, mut p) = (Vec::new(), Vec::new());
+    timed_download(&free, 16, chain_pid).await;
+    timed_download(&paid, 16, chain_pid).await;
+    let load0 = loadavg();
+    let (mut f, mut p) = (Totals::default(), Totals::default());
+    let mut keysends = 0u64;
     for i in 0..ROUNDS {
         if i % 2 == 0 {
-            f.push(ROUND_MIB as f64 / timed_download(&free, ROUND_MIB).await);
-            p.push(ROUND_MIB as f64 / timed_download(&paid, ROUND_MIB).await);
+            f.add(timed_download(&free, ROUND_MIB, chain_pid).await);
+            keysends += paid_round(&paid, &mut p, chain_pid).await;
         } else {
-            p.push(ROUND_MIB as f64 / timed_download(&paid, ROUND_MIB).await);
-            f.push(ROUND_MIB as f64 / timed_download(&free, ROUND_MIB).await);
+            keysends += paid_round(&paid, &mut p, chain_pid).await;
+            f.add(timed_download(&free, ROUND_MIB, chain_pid).await);
         }
     }
-    let (fm, pm) = (median(&mut f.clone()), median(&mut p.clone()));
+    let load1 = loadavg();
+    let (fm, pm) = (median(&mut f.rates.clone()), median(&mut p.rates.clone()));
     let (fs, ps): (f64, f64) = (
-        f.iter().sum::<f64>() / f.len() as f64,
-        p.iter().sum::<f64>() / p.len() as f64,
+        f.rates.iter().sum::<f64>() / f.rates.len() as f64,
+        p.rates.iter().sum::<f64>() / p.rates.len() as f64,
     );
     println!(
-        "throughput, {ROUNDS} rounds of {ROUND_MIB} MiB each, 3 hops: unpaid median {fm:.1} MiB/s (mean {fs:.1}), \
+        "throughput, {ROUNDS} rounds of {ROUND_MIB} MiB each, 3 hops (load average {load0} before, {load1} after): \
+         unpaid median {fm:.1} MiB/s (mean {fs:.1}), \
          paid (LDK) median {pm:.1} MiB/s (mean {ps:.1}); paid/unpaid median {:.3}, mean {:.3}",
         pm / fm,
         ps / fs
     );
-    println!("  unpaid rounds MiB/s: {f:.1?}");
-    println!("  paid rounds MiB/s:   {p:.1?}");
+    println!("  unpaid rounds MiB/s: {:.1?}", f.rates);
+    println!("  paid rounds MiB/s:   {:.1?}", p.rates);
+    println!("CPU and pauses over the rounds, by mode (threads by name; the LDK nodes run on the test's runtime unless named):");
+    f.report("unpaid");
+    p.report("paid");
+    let (fc, pc): (Duration, Duration) = (f.cpu.values().sum(), p.cpu.values().sum());
+    println!(
+        "  paid − unpaid: CPU {:+.2} s, chain {:+.2} s, over {keysends} keysends received by the relays ({:.1} ms of extra CPU per keysend)",
+        pc.as_secs_f64() - fc.as_secs_f64(),
+        p.chain_cpu.as_secs_f64() - f.chain_cpu.as_secs_f64(),
+        (pc.as_secs_f64() - fc.as_secs_f64()) * 1e3 / keysends.max(1) as f64
+    );
     println!(
         "paid client: {} msat spent over {} MiB",
         pays.spent_msat() - spent0,
         16 + ROUNDS as u64 * ROUND_MIB
     );
-    let payments: u64 = paid.ledgers().iter().map(|l| l.entries().unwrap()).sum();
-    println!("  payments received by the relays (ledger entries): {payments}");
+    println!(
+        "  payments received by the relays (ledger entries): {}",
+        received(&paid)
+    );
     paid.shutdown().await;
     free.shutdown().await;
     // Let payments still in flight finish before reading the stores.
@@ -317,5 +541,40 @@ async fn paid_vs_unpaid_throughput_and_store_growth() {
             r0[i].0, r1.0, r0[i].1, r1.1
         );
     }
+
+    // The LDK nodes alone: idle (chain polling, timers), then sequential keysends.
+    let cpu0 = CpuSnapshot::now();
+    let chain0 = pid_cpu(chain_pid).unwrap_or_default();
+    tokio::time::sleep(IDLE).await;
+    let idle = CpuSnapshot::now().delta(&cpu0);
+    let idle_chain = pid_cpu(chain_pid).unwrap_or_default() - chain0;
+    let idle_total: Duration = idle.values().sum();
+    println!(
+        "LDK nodes idle ({RELAYS} relays + client, {} s): this process {:.3} s ({:.1} ms/s: {}), chain process {:.3} s",
+        IDLE.as_secs(),
+        idle_total.as_secs_f64(),
+        idle_total.as_secs_f64() * 1e3 / IDLE.as_secs_f64(),
+        cpu_line(&idle),
+        idle_chain.as_secs_f64()
+    );
+    let (burst, burst_chain, wall) = keysend_burst(&client, &relays, KEYSENDS, chain_pid).await;
+    let burst_total: Duration = burst.values().sum();
+    let background = idle_total.as_secs_f64() * wall.as_secs_f64() / IDLE.as_secs_f64();
+    println!(
+        "{KEYSENDS} sequential keysends (both ends waited for, pruned): {:.1} s wall, this process {:.3} s ({}), chain {:.3} s; \
+         minus idle background: {:.1} ms CPU per keysend (sender and receiver)",
+        wall.as_secs_f64(),
+        burst_total.as_secs_f64(),
+        cpu_line(&burst),
+        burst_chain.as_secs_f64(),
+        (burst_total.as_secs_f64() - background) * 1e3 / KEYSENDS as f64
+    );
     ldk.stop().await;
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }

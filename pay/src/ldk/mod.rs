@@ -57,6 +57,25 @@ const LOCK_FILE: &str = "onionvpn.lock";
 /// Channel-event history kept for slow subscribers.
 const CHANNEL_EVENT_BACKLOG: usize = 64;
 
+/// Worker threads of a Lightning node's own runtime ([`node_runtime`]); the node's work is
+/// light next to a relay's or a client's.
+pub const NODE_RUNTIME_WORKERS: usize = 2;
+/// Name of the threads of [`node_runtime`].
+pub const NODE_RUNTIME_THREAD: &str = "onionvpn-ldk";
+
+/// A runtime for a Lightning node of its own, apart from the runtime that carries circuits.
+/// ldk-node persists each channel update (SQLite, synced to disk) on the thread that
+/// handles the peer's message, and polls its chain source and writes its metrics from its
+/// runtime's tasks: on the circuits' runtime every such write would stall the cells queued
+/// behind it. Start the node inside it ([`LdkRail::start`] from a task spawned on it).
+pub fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(NODE_RUNTIME_WORKERS)
+        .thread_name(NODE_RUNTIME_THREAD)
+        .enable_all()
+        .build()
+}
+
 /// Where the outcome of an outgoing payment is delivered.
 type WaiterMap = HashMap<[u8; 32], oneshot::Sender<Result<Sent, PayError>>>;
 
@@ -272,18 +291,27 @@ impl LdkRail {
     /// Starts an outgoing payment with `send` (which returns the node's payment id) and
     /// resolves with its outcome. The waiter is registered under the lock before the event
     /// pump can see the outcome, so no outcome is missed.
+    ///
+    /// `send` runs on a blocking thread: ldk-node persists the channel update a payment
+    /// makes (SQLite, synced to disk) on the calling thread, and on a runtime worker that
+    /// would stall every task queued behind it (a client's circuits, for a few ms per
+    /// payment).
     async fn track(
         &self,
-        send: impl FnOnce() -> Result<LdkPaymentId, NodeError>,
+        send: impl FnOnce(&Node) -> Result<LdkPaymentId, NodeError> + Send + 'static,
         context: &'static str,
     ) -> Result<Sent, PayError> {
-        let rx = {
-            let mut waiters = self.shared.waiters();
-            let id = send().map_err(|e| node_err(context, e))?;
+        let node = self.node.clone();
+        let shared = self.shared.clone();
+        let rx = tokio::task::spawn_blocking(move || {
+            let mut waiters = shared.waiters();
+            let id = send(&node).map_err(|e| node_err(context, e))?;
             let (tx, rx) = oneshot::channel();
             waiters.insert(id.0, tx);
-            rx
-        };
+            Ok::<_, PayError>(rx)
+        })
+        .await
+        .map_err(|e| join_err(context, e))??;
         rx.await.map_err(|_| PayError::RailStopped)?
     }
 }
@@ -410,10 +438,9 @@ impl PaymentRail for LdkRail {
                 type_num: TOKEN_TLV_TYPE,
                 value: req.token.0.to_vec(),
             };
-            let node = &self.node;
             let r = self
                 .track(
-                    || {
+                    move |node| {
                         node.spontaneous_payment().send_with_custom_tlvs(
                             req.amount_msat,
                             to,
