@@ -117,12 +117,16 @@ pub struct Cli {
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum ClientCommand {
     /// The Lightning wallet that pays the relays: addresses, balances, channels, invoices.
-    /// The node's store is single-process: stop the running client first.
+    /// Sent to the running client over its control socket; when no client runs, the node is
+    /// started for the command.
     Wallet {
         /// What to do.
         #[command(subcommand)]
         command: onionvpn_pay::ldk::wallet_cmd::WalletCommand,
     },
+    /// The running client's state: circuits, spend, budget left, what each relay was paid
+    /// (asked over its control socket).
+    Status,
 }
 
 fn parse_ifname(s: &str) -> Result<String, String> {

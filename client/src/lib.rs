@@ -13,6 +13,7 @@ pub mod payments;
 pub mod runtime;
 pub mod socks;
 pub mod socks_server;
+pub mod status;
 pub mod tun;
 
 pub use circmgr::{CircMgr, CircMgrError, CircuitSummary, MgrConfig};

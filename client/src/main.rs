@@ -1,5 +1,6 @@
 //! `onionvpn-client`: a SOCKS5 proxy into the onionvpn overlay; `onionvpn-client wallet …`
-//! manages the Lightning wallet that pays the relays.
+//! manages the Lightning wallet that pays the relays (through the running client's control
+//! socket, or on the node started for the command); `status` asks the running client.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use clap::Parser;
 use onionvpn_client::cli::{Cli, ClientCommand};
 use onionvpn_client::config::ClientConfig;
 use onionvpn_client::payments::PaymentsSetup;
+use onionvpn_client::status::ClientStatus;
 use onionvpn_client::{start_client_with, RuntimeOptions};
+use onionvpn_pay::ldk::control::{self, forward_or_run, WalletAccess, WalletOutcome};
 use onionvpn_pay::ldk::wallet_cmd::{self, WalletCommand};
-use onionvpn_pay::ldk::LdkRail;
+use onionvpn_pay::ldk::{node_runtime, LdkConfig, LdkRail};
 use onionvpn_pay::payer::PayerConfig;
 use onionvpn_pay::{PayError, PaymentRail};
 use tracing_subscriber::EnvFilter;
@@ -44,8 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(ClientCommand::Wallet { command }) = &cli.command {
-        return wallet(&rt, &config, command);
+    match &cli.command {
+        Some(ClientCommand::Wallet { command }) => return wallet(&rt, &config, command),
+        Some(ClientCommand::Status) => return status(&config),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -53,35 +58,60 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let code = rt.block_on(run(config));
+    // The Lightning node runs on a runtime of its own: its disk writes must not stall the
+    // circuits (see `onionvpn_pay::ldk::node_runtime`).
+    let ldk_rt = match config
+        .lightning
+        .as_ref()
+        .map(|_| node_runtime())
+        .transpose()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("onionvpn-client: cannot start the Lightning runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run(config, ldk_rt.as_ref().map(|r| r.handle().clone())));
     rt.shutdown_timeout(Duration::from_secs(5));
+    if let Some(r) = ldk_rt {
+        r.shutdown_timeout(Duration::from_secs(5));
+    }
     code
 }
 
-/// `onionvpn-client wallet …`: runs the command on the node started here. The running
-/// client holds the node's store (its lock refuses a second process), so it must be stopped
-/// first.
+/// `onionvpn-client wallet …`: sent to the running client over its control socket; when
+/// no client answers there, run on the node started here.
 fn wallet(rt: &tokio::runtime::Runtime, config: &ClientConfig, cmd: &WalletCommand) -> ExitCode {
-    let Some(ln) = &config.lightning else {
-        eprintln!(
-            "onionvpn-client: wallet: the config has no [lightning] table (see docs/client.md)"
-        );
-        return ExitCode::from(2);
+    let socket = control::socket_path(&config.data_dir);
+    let outcome = forward_or_run(&socket, cmd, || {
+        let Some(ln) = &config.lightning else {
+            return Err(
+                "the config has no [lightning] table: this client has no wallet (see \
+                 docs/client.md)"
+                    .to_owned(),
+            );
+        };
+        rt.block_on(wallet_cmd::run_standalone(ln, &config.data_dir, cmd, &[]))
+            .map_err(|e| match e {
+                PayError::StoreInUse { .. } => format!(
+                    "{e}: a client holds the Lightning node but does not answer on {}",
+                    socket.display()
+                ),
+                e => e.to_string(),
+            })
+    });
+    let answer = match outcome {
+        WalletOutcome::Forwarded(r) => r.map_err(|e| e.to_string()),
+        WalletOutcome::Standalone(r) => r,
     };
-    match rt.block_on(wallet_cmd::run_standalone(ln, &config.data_dir, cmd, &[])) {
+    match answer {
         Ok(answer) => {
             #[allow(clippy::print_stdout)]
             {
                 print!("{answer}");
             }
             ExitCode::SUCCESS
-        }
-        Err(PayError::StoreInUse { .. }) => {
-            eprintln!(
-                "onionvpn-client: wallet: the client is running and holds the Lightning \
-                 node; stop it first (wallet commands need the node's store)"
-            );
-            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("onionvpn-client: wallet: {e}");
@@ -90,10 +120,27 @@ fn wallet(rt: &tokio::runtime::Runtime, config: &ClientConfig, cmd: &WalletComma
     }
 }
 
-async fn run(config: ClientConfig) -> ExitCode {
+/// `onionvpn-client status`: asks the running client over its control socket.
+fn status(config: &ClientConfig) -> ExitCode {
+    match control::query_status::<ClientStatus>(&control::socket_path(&config.data_dir)) {
+        Ok(s) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{s}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("onionvpn-client: status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ClientConfig, ldk: Option<tokio::runtime::Handle>) -> ExitCode {
     let mut opts = RuntimeOptions::default();
-    let rail = match &config.lightning {
-        Some(ln) => match LdkRail::start(ln, &config.data_dir).await {
+    let rail = match (&config.lightning, ldk) {
+        (Some(ln), Some(ldk)) => match start_node(ln, &config.data_dir, &ldk).await {
             Ok(r) => {
                 tracing::info!(
                     node_id = %wallet_cmd::hex(&r.node_id().0),
@@ -106,7 +153,7 @@ async fn run(config: ClientConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => {
+        _ => {
             tracing::warn!(
                 "no [lightning] table: the client pays nobody; relays that charge end its \
                  circuits after their grace"
@@ -114,6 +161,11 @@ async fn run(config: ClientConfig) -> ExitCode {
             None
         }
     };
+    opts.control_socket = true;
+    opts.wallet = rail.as_ref().map(|r| WalletAccess {
+        rail: r.clone(),
+        reach: Vec::new(),
+    });
     if let (Some(r), Some(ln)) = (&rail, &config.lightning) {
         opts.payments = Some(PaymentsSetup {
             rail: r.clone() as Arc<dyn PaymentRail>,
@@ -130,6 +182,21 @@ async fn run(config: ClientConfig) -> ExitCode {
         }
     }
     code
+}
+
+/// Starts the Lightning node on `ldk` (its own runtime).
+async fn start_node(
+    ln: &LdkConfig,
+    data_dir: &std::path::Path,
+    ldk: &tokio::runtime::Handle,
+) -> Result<Arc<LdkRail>, PayError> {
+    let (ln, data_dir) = (ln.clone(), data_dir.to_path_buf());
+    ldk.spawn(async move { LdkRail::start(&ln, &data_dir).await })
+        .await
+        .map_err(|e| PayError::Node {
+            context: "starting node",
+            detail: e.to_string(),
+        })?
 }
 
 async fn serve(config: ClientConfig, opts: RuntimeOptions) -> ExitCode {

@@ -7,9 +7,9 @@
 //! builds circuits from the cache at once, then refreshes in the background).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use onionvpn_directory::cache::Cache;
 use onionvpn_directory::dht::{
@@ -19,6 +19,7 @@ use onionvpn_directory::network::{NetworkKey, PUBLIC_NETWORK_NAME};
 use onionvpn_directory::path::GuardSet;
 use onionvpn_directory::{Descriptor, Network, RelaySet};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -26,7 +27,9 @@ use crate::circmgr::{CircMgr, MgrConfig};
 use crate::config::{ClientConfig, NetworkChoice};
 use crate::payments::{ClientPayments, PaymentsSetup};
 use crate::socks_server::{serve, SocksSettings};
+use crate::status::{ClientStatus, PaidTally, PaymentStatus};
 use crate::tun::{TunError, TunHandle};
+use onionvpn_pay::ldk::control::{self, ControlError, Served, WalletAccess};
 use onionvpn_pay::payer::PriceCap;
 
 /// Errors starting or waiting for the client.
@@ -69,6 +72,10 @@ pub enum ClientError {
     /// TUN mode did not start.
     #[error("TUN mode: {0}")]
     Tun(#[from] TunError),
+    /// The control socket could not be served (another client runs on the data directory,
+    /// or the socket could not be bound).
+    #[error("control socket: {0}")]
+    Control(#[from] ControlError),
 }
 
 /// Runtime settings that are not part of the config file (tests, the local network and the
@@ -95,6 +102,12 @@ pub struct RuntimeOptions {
     /// Pay the hops that charge (`None`: the client pays nobody; charging relays that
     /// enforce payment then end its circuits after their grace).
     pub payments: Option<PaymentsSetup>,
+    /// Serve the control socket (`<data dir>/control.sock`) that `onionvpn-client status`
+    /// and `wallet` use while the client runs.
+    pub control_socket: bool,
+    /// The Lightning node that `wallet` requests on the control socket run against (`None`:
+    /// they are answered with an error).
+    pub wallet: Option<WalletAccess>,
 }
 
 impl Default for RuntimeOptions {
@@ -108,6 +121,8 @@ impl Default for RuntimeOptions {
             relays: None,
             use_cache: true,
             payments: None,
+            control_socket: false,
+            wallet: None,
         }
     }
 }
@@ -118,6 +133,46 @@ pub struct ClientHandle {
     mgr: Arc<CircMgr>,
     tasks: Vec<JoinHandle<()>>,
     tun: Option<TunHandle>,
+    status: Arc<StatusSource>,
+    control: Option<(watch::Sender<bool>, JoinHandle<()>, PathBuf)>,
+}
+
+/// What the status report is made from.
+struct StatusSource {
+    started: Instant,
+    mgr: Arc<CircMgr>,
+    budget_msat: u64,
+    tally: Option<Arc<PaidTally>>,
+}
+
+impl StatusSource {
+    fn report(&self) -> ClientStatus {
+        let circuits = self.mgr.circuits();
+        let open: Vec<_> = circuits.iter().filter(|c| !c.dead).collect();
+        let payments = self.mgr.payments().map(|p| {
+            let spent = p.spent_msat();
+            PaymentStatus {
+                budget_msat: self.budget_msat,
+                spent_msat: spent,
+                budget_left_msat: self.budget_msat.saturating_sub(spent),
+                budget_reached: p.budget_reached(),
+                relays: self
+                    .tally
+                    .as_ref()
+                    .map(|t| t.per_relay())
+                    .unwrap_or_default(),
+            }
+        });
+        ClientStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            relays_known: self.mgr.relay_count() as u64,
+            circuits_open: open.len() as u64,
+            circuits_built: self.mgr.circuits_built(),
+            streams_open: open.iter().map(|c| c.streams_open as u64).sum(),
+            payments,
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientHandle {
@@ -144,6 +199,16 @@ impl ClientHandle {
         &self.mgr
     }
 
+    /// The status report (what `onionvpn-client status` shows).
+    pub fn status(&self) -> ClientStatus {
+        self.status.report()
+    }
+
+    /// The control socket (`None`: not served).
+    pub fn control_path(&self) -> Option<&Path> {
+        self.control.as_ref().map(|(_, _, p)| p.as_path())
+    }
+
     /// Waits until at least one circuit is built.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
         tokio::time::timeout(timeout, self.mgr.wait_built(1))
@@ -154,6 +219,11 @@ impl ClientHandle {
     /// Stops the listener, discovery and maintenance, closes every circuit, and flushes and
     /// releases the relay cache (a new client may open the same data directory at once).
     pub async fn shutdown(self) {
+        // The control socket first: its file is removed, so `wallet` no longer forwards.
+        if let Some((tx, task, _)) = self.control {
+            let _ = tx.send(true);
+            let _ = task.await;
+        }
         if let Some(tun) = self.tun {
             tun.shutdown().await;
         }
@@ -244,8 +314,17 @@ pub async fn start_client_with(
     mgr_cfg.hops = usize::from(config.hops);
     mgr_cfg.price_cap = config.price_cap;
     let mut mgr = CircMgr::new(mgr_cfg, relays, guards, cache);
+    let mut tally = None;
     if let Some(setup) = &opts.payments {
         make_private_dir(&config.data_dir)?;
+        // Every keysend goes through the tally, which counts what each relay was paid.
+        let t = Arc::new(PaidTally::new(setup.rail.clone()));
+        tally = Some(t.clone());
+        let setup = PaymentsSetup {
+            rail: t,
+            payer: setup.payer.clone(),
+        };
+        let setup = &setup;
         let cap = PriceCap {
             msat_per_mib: config.price_cap.msat_per_mib,
             msat_per_min: config.price_cap.msat_per_min,
@@ -260,7 +339,12 @@ pub async fn start_client_with(
         mgr = mgr.with_payments(Arc::new(p));
     }
     let mgr = Arc::new(mgr);
-
+    let status = Arc::new(StatusSource {
+        started: Instant::now(),
+        mgr: mgr.clone(),
+        budget_msat: config.budget_msat,
+        tally,
+    });
     let mut tasks = Vec::new();
     match &opts.relays {
         Some(list) => {
@@ -279,6 +363,9 @@ pub async fn start_client_with(
                 opts.clone(),
             )));
         }
+    }
+    if let Some(setup) = &opts.payments {
+        tasks.push(tokio::spawn(take_received(setup.rail.clone())));
     }
     tasks.push(tokio::spawn(mgr.clone().run_maintenance()));
     tasks.push(tokio::spawn(serve(
@@ -300,12 +387,58 @@ pub async fn start_client_with(
         },
         None => None,
     };
+    // Last: nothing after it can fail, so the socket never outlives a failed start.
+    let control = if opts.control_socket {
+        make_private_dir(&config.data_dir)?;
+        let path = control::socket_path(&config.data_dir);
+        let listener = match control::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                for t in &tasks {
+                    t.abort();
+                }
+                mgr.close();
+                if let Some(tun) = tun {
+                    tun.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        let s = status.clone();
+        let served = Served {
+            status: Arc::new(move || s.report()),
+            wallet: opts.wallet.clone(),
+            no_wallet: "this client runs without a [lightning] table: it has no wallet",
+        };
+        let task = tokio::spawn(control::serve(listener, path.clone(), served, rx));
+        Some((tx, task, path))
+    } else {
+        None
+    };
+
     Ok(ClientHandle {
         socks_addr,
         mgr,
         tasks,
         tun,
+        status,
+        control,
     })
+}
+
+/// Acknowledges every payment the client's node receives (a top-up paid to a `wallet
+/// invoice`). The client keeps no ledger of them (the node's store has them), but the LDK
+/// rail delivers later events only after a received payment is acknowledged: unacknowledged,
+/// one top-up would stall the outcome of every keysend after it.
+async fn take_received(rail: Arc<dyn onionvpn_pay::PaymentRail>) {
+    while let Ok(p) = rail.next_received().await {
+        info!(amount_msat = p.amount_msat, "payment received");
+        if let Err(e) = rail.ack_received(p.id) {
+            warn!("acknowledging a received payment: {e}");
+            return;
+        }
+    }
 }
 
 /// Runs discovery passes: at once, again quickly while too few relays are known, then every

@@ -24,7 +24,6 @@ pub mod config;
 #[cfg(feature = "ldk")]
 pub mod control;
 #[cfg(feature = "ldk")]
-mod local_endpoint;
 #[cfg(feature = "ldk")]
 pub mod metrics;
 #[cfg(feature = "ldk")]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use std::path::Path;
 use std::sync::Arc;
 
+use onionvpn_pay::ldk::control::{forward_or_run, WalletOutcome};
 use onionvpn_pay::ldk::wallet_cmd::{self, WalletAnswer, WalletCommand};
 use onionvpn_pay::ldk::{LdkConfig, LdkRail};
 use onionvpn_relay::check::{check_dht, run_checks, CheckOptions, CheckTarget, LightningProbe};
@@ -21,7 +22,7 @@ use onionvpn_relay::cli::{
     print_config, unix_now, Cli, CliError, Command, Env,
 };
 use onionvpn_relay::config::LogLevel;
-use onionvpn_relay::control::{query_wallet, ControlError, WalletAccess};
+use onionvpn_relay::control::WalletAccess;
 use onionvpn_relay::notify::Notifier;
 use onionvpn_relay::payments::{ledger_dir, PaymentsSetup};
 use onionvpn_relay::{start_relay_with_keys, RelayHandle, RuntimeOptions};
@@ -112,17 +113,20 @@ fn standalone(
 /// no relay answers there, run on the node started here.
 fn wallet(cli: &Cli, env: &Env, cmd: &WalletCommand) -> Result<WalletAnswer, CliError> {
     let path = control_socket(cli, env)?;
-    match query_wallet(&path, cmd) {
-        Ok(a) => return Ok(a),
-        Err(ControlError::NotRunning { .. }) => {}
-        Err(e) => return Err(CliError::Wallet(e.to_string())),
+    let outcome = forward_or_run(&path, cmd, || {
+        let (config, data_dir) = load_config(cli, env)?;
+        let ln = config.lightning.as_ref().ok_or_else(|| {
+            CliError::Wallet(
+                "the config has no [lightning] section: this relay has no wallet".into(),
+            )
+        })?;
+        let reach = ln_reach(&config.advertised().unwrap_or_default(), ln);
+        standalone(ln, &data_dir, cmd, &reach)
+    });
+    match outcome {
+        WalletOutcome::Forwarded(r) => r.map_err(|e| CliError::Wallet(e.to_string())),
+        WalletOutcome::Standalone(r) => r,
     }
-    let (config, data_dir) = load_config(cli, env)?;
-    let ln = config.lightning.as_ref().ok_or_else(|| {
-        CliError::Wallet("the config has no [lightning] section: this relay has no wallet".into())
-    })?;
-    let reach = ln_reach(&config.advertised().unwrap_or_default(), ln);
-    standalone(ln, &data_dir, cmd, &reach)
 }
 
 /// The Lightning receive check for `check`: asked of the running relay, else run on the node

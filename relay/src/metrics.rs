@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::local_endpoint::{self, Limits};
 use crate::runtime::RelayStats;
 use crate::status::Earnings;
+use onionvpn_pay::ldk::endpoint::{self as local_endpoint, Limits};
 
 /// Largest HTTP request head read, bytes.
 const MAX_REQUEST: usize = 8 * 1024;

@@ -9,7 +9,15 @@
 //! - SIGTERM stops the relay and its Lightning node cleanly, after which `wallet balance`
 //!   runs the node standalone and `earnings` reads the ledger.
 //!
-//! The relay binary is not visible to this crate's tests (`CARGO_BIN_EXE_*` is per package),
+//!
+//! The `onionvpn-client` binary with a `[lightning]` table, running, with every wallet
+//! command sent through its control socket (issue 5): `wallet address`, `balance`,
+//! `open-channel` to a Lightning node standing in for a relay's, a second `open-channel` before
+//! the first funding confirmed refused with a clear message, `pay` of the node's BOLT11
+//! invoice (a payout), `invoice`, `close-channel`, and `status`; after SIGTERM the socket is
+//! gone and `wallet` runs the node itself.
+//!
+//! The binaries are not visible to this crate's tests (`CARGO_BIN_EXE_*` is per package),
 //! so it is taken from the target directory; `cargo test --workspace` builds it. Needs
 //! `npm ci --ignore-scripts --prefix tools/regtest` (CI does it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -19,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use onionvpn_client::status::ClientStatus;
+use onionvpn_pay::ldk::control;
 use onionvpn_pay::ldk::wallet_cmd::{WalletAnswer, WalletCommand};
 use onionvpn_pay::ldk::ChannelEvent;
 use onionvpn_pay::ledger::Ledger;
@@ -38,27 +48,34 @@ const PAYMENT_MSAT: u64 = 7_000;
 const PROCESS_DEADLINE: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
 
-/// The relay binary next to this test's directory (target/<profile>/onionvpn-relay).
-fn relay_bin() -> PathBuf {
+/// A binary next to this test's directory (target/<profile>/<name>).
+fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("onionvpn-relay");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} missing: build it with `cargo build -p onionvpn-relay` (cargo test --workspace does)",
+        "{} missing: build it with `cargo build -p {name}` (cargo test --workspace does)",
         bin.display()
     );
     bin
 }
 
-struct Relay {
+fn relay_bin() -> PathBuf {
+    bin("onionvpn-relay")
+}
+
+/// A daemon binary (relay or client) run with `--config`, and its control socket.
+struct Daemon {
     bin: PathBuf,
     config: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    /// Arguments that run the daemon (`run` for the relay, none for the client).
+    run: &'static [&'static str],
 }
 
-impl Relay {
+impl Daemon {
     /// Runs the binary with `args` (blocking, off the runtime's worker).
     fn cmd(&self, args: &[&str]) -> Output {
         tokio::task::block_in_place(|| {
@@ -83,6 +100,10 @@ impl Relay {
         text
     }
 
+    fn socket(&self) -> PathBuf {
+        socket_path(&self.data)
+    }
+
     fn spawn(&self) -> Child {
         tokio::task::block_in_place(|| self.spawn_blocking())
     }
@@ -96,19 +117,19 @@ impl Relay {
         let child = Command::new(&self.bin)
             .arg("--config")
             .arg(&self.config)
-            .arg("run")
+            .args(self.run)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         // Up when its control socket answers (the Lightning node starts before it).
-        let sock = socket_path(&self.data);
         let start = Instant::now();
-        while query_status(&sock).is_err() {
+        while control::request(&self.socket(), "status", control::IO_TIMEOUT).is_err() {
             assert!(
                 start.elapsed() < PROCESS_DEADLINE,
-                "relay did not come up: {}",
+                "{} did not come up: {}",
+                self.bin.display(),
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(POLL);
@@ -117,7 +138,11 @@ impl Relay {
     }
 
     fn wallet(&self, cmd: &WalletCommand) -> WalletAnswer {
-        tokio::task::block_in_place(|| query_wallet(&socket_path(&self.data), cmd).unwrap())
+        tokio::task::block_in_place(|| query_wallet(&self.socket(), cmd).unwrap())
+    }
+
+    fn client_status(&self) -> ClientStatus {
+        tokio::task::block_in_place(|| control::query_status(&self.socket()).unwrap())
     }
 }
 
@@ -180,6 +205,40 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Funds a running daemon's wallet with one coinbase output mined to the address `wallet
+/// address` gives (through its control socket), makes it spendable, waits until `wallet
+/// balance` shows it, and returns the node id.
+async fn fund_with_cli(chain: &Regtest, d: &Daemon) -> String {
+    let address = d.ok(&["wallet", "address"]).trim().to_owned();
+    assert!(address.starts_with("bcrt1"), "{address}");
+    chain.mine_to(1, &address).unwrap();
+    let h = chain.height().unwrap();
+    chain
+        .mine((h + COINBASE_MATURITY).max(SEGWIT_HEIGHT).saturating_sub(h))
+        .unwrap();
+    let mut id = String::new();
+    until("the balance to show the funding", || {
+        match d.wallet(&WalletCommand::Balance) {
+            WalletAnswer::Balance {
+                onchain_spendable_sat,
+                node_id,
+                ..
+            } => {
+                id = node_id;
+                onchain_spendable_sat > 0
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+    let text = d.ok(&["wallet", "balance"]);
+    assert!(
+        text.contains("sat spendable") && !text.contains(" 0 sat spendable"),
+        "{text}"
+    );
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_binary_wallet_check_and_ledger_survive_sigkill() {
     let bin = relay_bin();
@@ -188,11 +247,12 @@ async fn relay_binary_wallet_check_and_ledger_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
     let ln_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap()));
-    let relay = Relay {
+    let relay = Daemon {
         bin,
         config: dir.path().join("relay.toml"),
         data: data.clone(),
         log: dir.path().join("relay.log"),
+        run: &["run"],
     };
     write_config(&relay.config, &data, &testnet.bootstrap, &chain, ln_listen);
     let mut child = relay.spawn();
@@ -203,34 +263,7 @@ async fn relay_binary_wallet_check_and_ledger_survive_sigkill() {
     .await;
 
     // Funding the relay's wallet, with the address `wallet address` (forwarded) gave.
-    let address = relay.ok(&["wallet", "address"]).trim().to_owned();
-    assert!(address.starts_with("bcrt1"), "{address}");
-    chain.mine_to(1, &address).unwrap();
-    let h = chain.height().unwrap();
-    chain
-        .mine((h + COINBASE_MATURITY).max(SEGWIT_HEIGHT).saturating_sub(h))
-        .unwrap();
-    let mut relay_id = None;
-    until("the relay's balance to show the funding", || {
-        match relay.wallet(&WalletCommand::Balance) {
-            WalletAnswer::Balance {
-                onchain_spendable_sat,
-                node_id,
-                ..
-            } => {
-                relay_id = Some(node_id);
-                onchain_spendable_sat > 0
-            }
-            other => panic!("{other:?}"),
-        }
-    })
-    .await;
-    let relay_id = hex_node(&relay_id.unwrap());
-    let text = relay.ok(&["wallet", "balance"]);
-    assert!(
-        text.contains("sat spendable") && !text.contains(" 0 sat spendable"),
-        "{text}"
-    );
+    let relay_id = hex_node(&fund_with_cli(&chain, &relay).await);
 
     // No channel yet: the Lightning check warns (and `check` passes: a warning is no failure).
     let text = relay.ok(&["check"]);
@@ -344,4 +377,149 @@ async fn relay_binary_wallet_check_and_ledger_survive_sigkill() {
     let text = relay.ok(&["wallet", "invoice", "2500", "payout test"]);
     assert!(text.trim().starts_with("lnbcrt"), "{text}");
     client.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_binary_wallet_and_status_over_its_control_socket() {
+    let chain = Regtest::start().expect("regtest chain");
+    let testnet = mainline::Testnet::builder(3).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The Lightning node the client opens a channel to, as a relay's node would be.
+    let peer = chain
+        .start_rail(&dir.path().join("peer"))
+        .await
+        .expect("peer rail");
+    let peer_addr = peer.listening_address().unwrap();
+    let peer_hex: String = peer
+        .node_id()
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+
+    let client = Daemon {
+        bin: bin("onionvpn-client"),
+        config: dir.path().join("client.toml"),
+        data: dir.path().join("client"),
+        log: dir.path().join("client.log"),
+        run: &[],
+    };
+    let b = chain.bitcoind_config();
+    let boot: Vec<String> = testnet.bootstrap.iter().map(|b| format!("{b:?}")).collect();
+    std::fs::write(
+        &client.config,
+        format!(
+            "data_dir = {:?}\nsocks = \"127.0.0.1:0\"\nnetwork = \"ldk-binaries\"\n\
+             bootstrap = [{}]\n\
+             [lightning]\nnetwork = \"regtest\"\n\
+             [lightning.bitcoind]\nhost = \"{}\"\nport = {}\nuser = \"{}\"\npassword = \"{}\"\n",
+            client.data,
+            boot.join(", "),
+            b.host,
+            b.port,
+            b.user,
+            b.password
+        ),
+    )
+    .unwrap();
+    let mut child = client.spawn();
+    let mode = std::fs::metadata(client.socket()).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let s = client.client_status();
+    assert_eq!(s.payments.as_ref().map(|p| p.spent_msat), Some(0));
+
+    // Funding, with the address `wallet address` gave while the client runs.
+    fund_with_cli(&chain, &client).await;
+
+    // Open a channel; a second open before the funding confirmed is refused, with advice.
+    let mut peer_events = peer.channel_events();
+    let target = format!("{peer_hex}@{peer_addr}");
+    let text = client.ok(&["wallet", "open-channel", &target, &CHANNEL_SAT.to_string()]);
+    assert!(text.contains("channel opening"), "{text}");
+    let out = client.cmd(&["wallet", "open-channel", &target, "100000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second open accepted: {err}");
+    assert!(err.contains("Wait for one confirmation"), "{err}");
+    wait_event(&mut peer_events, "channel pending at the peer", |e| {
+        matches!(e, ChannelEvent::Pending { .. })
+    })
+    .await
+    .unwrap();
+    chain.mine(CHANNEL_DEPTH).unwrap();
+    let mut channel_id = String::new();
+    until("the channel to be usable at the client", || {
+        match client.wallet(&WalletCommand::Channels) {
+            WalletAnswer::Channels { channels } => {
+                // Only the first open went through.
+                assert!(channels.len() <= 1, "{channels:?}");
+                match channels.iter().find(|c| c.usable) {
+                    Some(c) => {
+                        channel_id = c.channel_id.clone();
+                        true
+                    }
+                    None => false,
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+    until("the channel to be usable at the peer", || {
+        peer.channels().iter().any(|c| c.usable)
+    })
+    .await;
+
+    // A payout: the peer's BOLT11 invoice, paid by the running client.
+    let invoice = peer.create_invoice(12_000, "payout", 600).unwrap();
+    let text = client.ok(&["wallet", "pay", &invoice]);
+    assert!(text.starts_with("paid: payment"), "{text}");
+    let got = tokio::time::timeout(NODE_DEADLINE, peer.next_received())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.amount_msat, 12_000);
+    peer.ack_received(got.id).unwrap();
+    // A top-up invoice (paid by whoever tops the client up).
+    let text = client.ok(&["wallet", "invoice", "3000", "top up"]);
+    assert!(text.trim().starts_with("lnbcrt"), "{text}");
+
+    // Status: circuits and budget (wallet payments are not circuit spend).
+    let text = client.ok(&["status"]);
+    assert!(
+        text.contains("circuits:") && text.contains("0 msat of a 1000000 msat budget"),
+        "{text}"
+    );
+
+    // Cooperative close through the socket; the peer sees it.
+    let text = client.ok(&["wallet", "close-channel", &channel_id]);
+    assert!(text.contains("closing channel"), "{text}");
+    wait_event(&mut peer_events, "channel closed at the peer", |e| {
+        matches!(e, ChannelEvent::Closed { .. })
+    })
+    .await
+    .unwrap();
+
+    // Stopped: the socket is gone and `wallet` runs the node itself.
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child);
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        std::fs::read_to_string(&client.log).unwrap_or_default()
+    );
+    assert!(
+        !client.socket().exists(),
+        "control socket removed on SIGTERM"
+    );
+    let out = client.cmd(&["status"]);
+    assert!(!out.status.success());
+    let text = client.ok(&["wallet", "channels"]);
+    assert!(
+        text.contains("no channels") || text.contains("sat"),
+        "{text}"
+    );
+    peer.stop().await.unwrap();
 }

@@ -238,6 +238,21 @@ async fn paying_client_credits_each_hop_by_its_terms(net: &LocalNet, paid: &Paid
     );
     assert_eq!(payment_required(net), 0, "a paid circuit was cut");
     assert_eq!(client.circuit_manager().first_payment_failures(), 0);
+    // The client's `status` shows that spend, the budget left, and what each of the three
+    // relays was paid (the per-relay tally, payments plus fees, adds up to the spend once no
+    // payment is between the rail and the budget).
+    let shown = eventually(Duration::from_secs(30), || {
+        let s = client.status();
+        let Some(p) = s.payments else { return false };
+        let tallied: u64 = p.relays.iter().map(|r| r.paid_msat + r.fees_msat).sum();
+        p.spent_msat > 0
+            && p.relays.len() >= 3
+            && tallied == p.spent_msat
+            && p.budget_left_msat == p.budget_msat - p.spent_msat
+            && s.circuits_open >= 1
+    })
+    .await;
+    assert!(shown, "status: {:?}", client.status());
     // The operator sees the same earnings: `status` (control socket) and the metrics
     // endpoint of every relay agree with its ledger. Payments may still arrive meanwhile
     // (the per-minute price keeps accruing), so each figure must lie between the ledger's

@@ -10,6 +10,8 @@
 //! a multi-threaded tokio runtime; blocking node calls are made from `spawn_blocking`.
 
 pub mod config;
+pub mod control;
+pub mod endpoint;
 mod events;
 mod log;
 mod wallet;
@@ -54,6 +56,21 @@ const LOG_FILE: &str = "ldk_node.log";
 const LOCK_FILE: &str = "onionvpn.lock";
 /// Channel-event history kept for slow subscribers.
 const CHANNEL_EVENT_BACKLOG: usize = 64;
+
+/// Worker threads of a Lightning node's own runtime ([`node_runtime`]).
+pub const NODE_RUNTIME_WORKERS: usize = 2;
+/// Name of the threads of [`node_runtime`].
+pub const NODE_RUNTIME_THREAD: &str = "onionvpn-ldk";
+
+/// A runtime for a Lightning node of its own, apart from the runtime that carries circuits
+/// (ldk-node persists channel updates synchronously on the thread that handles them).
+pub fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(NODE_RUNTIME_WORKERS)
+        .thread_name(NODE_RUNTIME_THREAD)
+        .enable_all()
+        .build()
+}
 
 /// Where the outcome of an outgoing payment is delivered.
 type WaiterMap = HashMap<[u8; 32], oneshot::Sender<Result<Sent, PayError>>>;

@@ -30,6 +30,10 @@ pub struct ChannelInfo {
     pub ready: bool,
     /// Ready and the peer is connected: payments can go through it now.
     pub usable: bool,
+    /// This node opened (and funded) the channel.
+    pub outbound: bool,
+    /// Confirmations of the funding transaction (0: not confirmed, or not broadcast yet).
+    pub confirmations: u32,
 }
 
 impl LdkRail {
@@ -68,6 +72,8 @@ impl LdkRail {
                 next_outbound_htlc_limit_msat: c.next_outbound_htlc_limit_msat,
                 ready: c.is_channel_ready,
                 usable: c.is_usable,
+                outbound: c.is_outbound,
+                confirmations: c.confirmations.unwrap_or(0),
             })
             .collect()
     }

@@ -264,6 +264,9 @@ pub struct ChannelRow {
     pub ready: bool,
     /// Ready and the peer is connected.
     pub usable: bool,
+    /// Confirmations of the funding transaction.
+    #[serde(default)]
+    pub confirmations: u32,
 }
 
 impl From<&ChannelInfo> for ChannelRow {
@@ -276,6 +279,7 @@ impl From<&ChannelInfo> for ChannelRow {
             inbound_msat: c.inbound_msat,
             ready: c.ready,
             usable: c.usable,
+            confirmations: c.confirmations,
         }
     }
 }
@@ -376,13 +380,20 @@ impl fmt::Display for WalletAnswer {
                         "usable"
                     } else if c.ready {
                         "ready, peer offline"
+                    } else if c.confirmations == 0 {
+                        "pending, funding unconfirmed"
                     } else {
                         "pending"
                     };
                     writeln!(
                         f,
-                        "{}  peer {}  {} sat  out {} msat  in {} msat  {state}",
-                        c.channel_id, c.peer, c.value_sat, c.outbound_msat, c.inbound_msat
+                        "{}  peer {}  {} sat  out {} msat  in {} msat  {state} ({} conf)",
+                        c.channel_id,
+                        c.peer,
+                        c.value_sat,
+                        c.outbound_msat,
+                        c.inbound_msat,
+                        c.confirmations
                     )?;
                 }
                 Ok(())
@@ -410,6 +421,35 @@ impl fmt::Display for WalletAnswer {
             }
         }
     }
+}
+
+/// Held while `open-channel` checks the channels and starts the open.
+static OPENING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Why a new channel open must wait, if it must: while a channel this node funds has no
+/// confirmation yet.
+///
+/// ldk-node 0.7.1 builds a funding transaction with BDK's `build_tx` + `sign` and broadcasts
+/// it without inserting it into the wallet (`Wallet::create_funding_transaction`); the
+/// wallet learns that its coins are spent only when its chain source reports the
+/// transaction (a mempool poll, every 2 s with bitcoind RPC, or a block). A second funding
+/// transaction built before that picks the same coins: a double spend the chain refuses,
+/// and the second channel never confirms. Its funding may also be built only after the peer
+/// accepted, so "already broadcast" cannot be observed; one confirmation can.
+pub fn open_refusal(channels: &[ChannelInfo]) -> Option<PayError> {
+    let waiting = channels
+        .iter()
+        .find(|c| c.outbound && c.confirmations == 0)?;
+    Some(PayError::Invalid {
+        what: "open-channel",
+        detail: format!(
+            "channel {} (opened by this node) waits for its funding transaction to confirm; \
+             opening another now could spend the same coins (ldk-node 0.7.1 does not count \
+             an unconfirmed funding transaction as spent). Wait for one confirmation (see \
+             `wallet channels`), then retry",
+            hex(&waiting.channel_id)
+        ),
+    })
 }
 
 /// Runs `cmd` against `rail`. `reach` lists extra addresses (`ip:port`) where the node
@@ -441,6 +481,12 @@ pub async fn execute(
             channels: rail.channels().iter().map(ChannelRow::from).collect(),
         },
         WalletCommand::OpenChannel { peer, sats } => {
+            // Check and open under one lock, so two requests at once cannot both pass the
+            // check (the new channel is listed as soon as open_channel returns).
+            let _one_at_a_time = OPENING.lock().await;
+            if let Some(e) = open_refusal(&rail.channels()) {
+                return Err(e);
+            }
             let id = rail.open_channel(peer.node, peer.addr, *sats, None).await?;
             WalletAnswer::ChannelOpening {
                 user_channel_id: id.to_string(),
@@ -736,6 +782,7 @@ mod tests {
                     inbound_msat: 9,
                     ready: true,
                     usable: false,
+                    confirmations: 6,
                 }],
             },
             WalletAnswer::Channels { channels: vec![] },
@@ -762,7 +809,33 @@ mod tests {
             next_outbound_htlc_limit_msat: 0,
             ready,
             usable,
+            outbound: true,
+            confirmations: u32::from(ready) * 6,
         }
+    }
+
+    #[test]
+    fn second_open_waits_for_a_confirmation() {
+        assert!(open_refusal(&[]).is_none());
+        let confirmed = chan(true, true, 0);
+        assert!(open_refusal(std::slice::from_ref(&confirmed)).is_none());
+        // A channel the peer opened does not spend this node's coins.
+        let inbound = ChannelInfo {
+            outbound: false,
+            ..chan(false, false, 0)
+        };
+        assert!(open_refusal(&[confirmed.clone(), inbound]).is_none());
+        // One confirmation is enough; none is not.
+        let one = ChannelInfo {
+            confirmations: 1,
+            ..chan(false, false, 0)
+        };
+        assert!(open_refusal(&[one]).is_none());
+        let e = open_refusal(&[confirmed, chan(false, false, 0)]).unwrap();
+        let msg = e.to_string();
+        assert!(matches!(e, PayError::Invalid { .. }), "{msg}");
+        assert!(msg.contains("Wait for one confirmation"), "{msg}");
+        assert!(msg.contains(&hex(&[1; 32])), "{msg}");
     }
 
     #[test]

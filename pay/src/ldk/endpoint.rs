@@ -1,7 +1,7 @@
-//! The accept loop shared by the relay's local endpoints (the control socket and the
-//! metrics listener): a bounded number of clients at once, each with a time limit for its
-//! whole exchange, until shutdown. A slow or hostile local client can hold one slot for
-//! at most the time limit and never stops the relay.
+//! The accept loop shared by the local endpoints of the relay and the client (their control
+//! sockets, the relay's metrics listener): a bounded number of clients at once, each with a
+//! time limit for its whole exchange, until shutdown. A slow or hostile local client can
+//! hold one slot for at most the time limit and never stops the daemon.
 
 use std::future::Future;
 use std::io;
@@ -16,7 +16,7 @@ use tracing::debug;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A listener of a local endpoint.
-pub(crate) trait Listener: Send + 'static {
+pub trait Listener: Send + 'static {
     /// The accepted connection.
     type Stream: Send + 'static;
     /// Waits for the next connection.
@@ -39,17 +39,17 @@ impl Listener for TcpListener {
 
 /// Limits of one endpoint.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Name in logs.
-    pub(crate) name: &'static str,
+    pub name: &'static str,
     /// Clients served at once; further ones wait in the listen backlog.
-    pub(crate) concurrent: usize,
+    pub concurrent: usize,
     /// Time a client has for its whole exchange.
-    pub(crate) io_timeout: Duration,
+    pub io_timeout: Duration,
 }
 
 /// Serves `listener` with `handle` until `shutdown` turns true (or its sender goes away).
-pub(crate) async fn serve<L, F, Fut>(
+pub async fn serve<L, F, Fut>(
     listener: L,
     limits: Limits,
     handle: F,
