@@ -10,6 +10,9 @@ pub mod cli;
 pub mod config;
 pub mod payer_settings;
 pub mod payments;
+// The running client serves `wallet` requests on its control socket against its ldk-node
+// (onionvpn_pay::ldk::control): like the command line, it needs the `ldk` feature.
+#[cfg(feature = "ldk")]
 pub mod runtime;
 pub mod socks;
 pub mod socks_server;
@@ -19,4 +22,5 @@ pub mod tun;
 pub use circmgr::{CircMgr, CircMgrError, CircuitSummary, MgrConfig};
 pub use circuit_task::{CircuitHandle, Recv, Stream, StreamError};
 pub use payments::PaymentsSetup;
+#[cfg(feature = "ldk")]
 pub use runtime::{start_client, start_client_with, ClientError, ClientHandle, RuntimeOptions};
