@@ -24,7 +24,6 @@ pub mod config;
 #[cfg(feature = "ldk")]
 pub mod control;
 #[cfg(feature = "ldk")]
-#[cfg(feature = "ldk")]
 pub mod metrics;
 #[cfg(feature = "ldk")]
 pub mod payments;

@@ -36,57 +36,35 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
     if cli.print_config {
-        return match print_config(&cli, &env) {
-            Ok(text) => {
-                let _ = write!(std::io::stdout().lock(), "{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("onionvpn-relay: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return print_result(print_config(&cli, &env));
     }
     match cli.action() {
-        Command::Init => match init(&cli, &env, unix_now()) {
-            Ok(report) => {
-                let _ = write!(std::io::stdout().lock(), "{report}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("onionvpn-relay: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Init => print_result(init(&cli, &env, unix_now())),
         Command::Run => run(&cli, &env),
-        Command::Earnings => match earnings(&cli, &env) {
-            Ok(text) => {
-                let _ = write!(std::io::stdout().lock(), "{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("onionvpn-relay: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Earnings => print_result(earnings(&cli, &env)),
         Command::Check => check(&cli, &env),
         Command::Status => status(&cli, &env),
-        Command::Wallet { command } => match wallet(&cli, &env, &command) {
-            Ok(answer) => {
-                let _ = write!(std::io::stdout().lock(), "{answer}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("onionvpn-relay: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Wallet { command } => print_result(wallet(&cli, &env, &command)),
     }
 }
 
 /// Worker threads of the Lightning node's runtime (ldk-node needs a multi-threaded one; its
 /// work is light next to the relay's).
 const LDK_WORKERS: usize = 2;
+
+/// Prints a command's text to stdout, or its error to stderr, and says how it went.
+fn print_result<T: std::fmt::Display>(result: Result<T, CliError>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            let _ = write!(std::io::stdout().lock(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("onionvpn-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn ldk_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()

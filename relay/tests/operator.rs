@@ -260,7 +260,8 @@ async fn status_and_metrics_are_served_and_count_refusals() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is it running"), "{err}");
+    assert!(err.contains("nothing answers on"), "{err}");
+    assert!(err.contains("running with this data directory"), "{err}");
 }
 
 /// A raw link to a relay (the client's side of the link handshake), to send odd cells.
