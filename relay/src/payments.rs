@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use onionvpn_pay::ledger::{Ledger, Recorded};
-use onionvpn_pay::{PayError, PaymentRail};
+use onionvpn_pay::{PayError, PaymentRail, Received};
 use onionvpn_proto::ext::PaymentToken;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -99,10 +99,18 @@ impl Payments {
 
     /// Handles received payments until shutdown.
     pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        // A payment the ledger could not record, retried before anything else: the rail
+        // hands it out once and waits for its acknowledgement (the LDK rail's event pump
+        // holds the node's later events until then), so asking for the next one instead
+        // would wait forever.
+        let mut unrecorded: Option<Received> = None;
         loop {
-            let p = tokio::select! {
-                _ = shutdown.changed() => return,
-                p = self.rail.next_received() => p,
+            let p = match unrecorded.take() {
+                Some(p) => Ok(p),
+                None => tokio::select! {
+                    _ = shutdown.changed() => return,
+                    p = self.rail.next_received() => p,
+                },
             };
             let p = match p {
                 Ok(p) => p,
@@ -123,7 +131,8 @@ impl Payments {
             let recorded = match self.ledger.record(&p, crate::cli::unix_now()) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!("earnings ledger: {e}; payment left unacknowledged");
+                    warn!("earnings ledger: {e}; payment left unacknowledged, retrying");
+                    unrecorded = Some(p);
                     if sleep_or_shutdown(&mut shutdown).await {
                         return;
                     }
