@@ -464,6 +464,7 @@ impl World {
             &CpuLayout {
                 cores: sc.cpu.cores,
                 shared_host_cores: sc.cpu.shared_host_cores,
+                last_core_share: sc.cpu.shared_host_last_core,
             },
             costs,
         );
