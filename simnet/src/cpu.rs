@@ -367,8 +367,8 @@ mod tests {
             // Two nodes, each a chain of 400 pieces of 10 µs (4 ms each, 8 ms in all).
             let mut t = [0u64; 2];
             for _ in 0..400 {
-                for n in 0..2 {
-                    t[n] = cpu.run(n as u32, 0, t[n], 10_000.0);
+                for (n, tn) in (0u32..).zip(t.iter_mut()) {
+                    *tn = cpu.run(n, 0, *tn, 10_000.0);
                 }
                 cpu.advance(t[0].min(t[1]));
             }
