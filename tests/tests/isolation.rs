@@ -172,12 +172,7 @@ server_latency_ms = 0.0
 /// simnet turns CPU costs into build times and throughput through its model of cores shared
 /// by all nodes of one host, per-circuit ordering, latency and congestion control. Only
 /// ratios are asserted.
-///
-/// Ignored until it has passed asserted (CPU share ≥ 0.6) on a quiet machine: the machine
-/// of this session was never quiet enough (other sessions' processes share the cores, and
-/// `nice` does not reach across their scheduler groups); docs/simnet.md, "Agreement".
 #[test]
-#[ignore = "not yet asserted on a quiet machine (CPU share stayed < 0.6); docs/simnet.md"]
 fn simnet_agrees_with_the_loopback_network() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const MIB: u64 = 16;
