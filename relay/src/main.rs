@@ -84,16 +84,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Worker threads of the Lightning node's runtime (ldk-node needs a multi-threaded one; its
-/// work is light next to the relay's).
-const LDK_WORKERS: usize = 2;
-
+/// The Lightning node's own runtime (ldk-node needs a multi-threaded one; apart from the
+/// relay's so that its disk writes never stall cells).
 fn ldk_runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(LDK_WORKERS)
-        .thread_name("onionvpn-ldk")
-        .enable_all()
-        .build()
+    onionvpn_pay::ldk::node_runtime()
         .map_err(|e| CliError::Wallet(format!("cannot start the Lightning runtime: {e}")))
 }
 
