@@ -354,10 +354,15 @@ impl ClientPayments {
         };
         if let Ok(sent) = r {
             self.persist(spent);
-            // Prune: the node's store would otherwise keep one record per payment.
-            if let Err(e) = self.rail.forget(sent.id) {
-                debug!("forgetting a payment: {e}");
-            }
+            // Prune: the node's store would otherwise keep one record per payment. On a
+            // blocking thread: the rail deletes from its store on disk, which must not stall
+            // the runtime that carries the circuits.
+            let rail = self.rail.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = rail.forget(sent.id) {
+                    debug!("forgetting a payment: {e}");
+                }
+            });
         }
     }
 }

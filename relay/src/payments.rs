@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use onionvpn_pay::ledger::{Ledger, Recorded};
-use onionvpn_pay::{PayError, PaymentRail};
+use onionvpn_pay::{PayError, PaymentRail, Received};
 use onionvpn_proto::ext::PaymentToken;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -118,29 +118,31 @@ impl Payments {
                     continue;
                 }
             };
-            // Durable first: a crash after this and before the ack makes the rail
-            // redeliver, and the ledger then reports a duplicate.
-            let recorded = match self.ledger.record(&p, crate::cli::unix_now()) {
-                Ok(r) => r,
-                Err(e) => {
+            // The ledger flushes to disk and the rail's `forget` writes to the node's store:
+            // on a blocking thread, not on a worker of the runtime that relays cells.
+            let this = self.clone();
+            let settled = tokio::task::spawn_blocking(move || {
+                let r = this.settle(&p);
+                (r, p)
+            })
+            .await;
+            let (recorded, p) = match settled {
+                Ok((Ok(r), p)) => (r, p),
+                Ok((Err(e), _)) => {
                     warn!("earnings ledger: {e}; payment left unacknowledged");
                     if sleep_or_shutdown(&mut shutdown).await {
                         return;
                     }
                     continue;
                 }
+                Err(e) => {
+                    warn!("recording a payment: {e}; payment left unacknowledged");
+                    if sleep_or_shutdown(&mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
             };
-            if let Err(e) = self.rail.ack_received(p.id) {
-                warn!("acknowledging a payment: {e}");
-            }
-            // The ledger holds it now: prune the node's own record (one per payment, the
-            // store would otherwise grow with every payment the relay ever received).
-            if let Err(e) = self.rail.forget(p.id) {
-                debug!("forgetting a received payment: {e}");
-            }
-            if recorded == Recorded::New {
-                self.write_summary();
-            }
             match (recorded, p.token) {
                 (Recorded::New, Some(token)) => {
                     let route = self.routes().get(&token).cloned();
@@ -165,6 +167,26 @@ impl Payments {
 }
 
 impl Payments {
+    /// Records `p` durably, then acknowledges it to the rail and prunes the node's record
+    /// of it (blocking: disk writes).
+    fn settle(&self, p: &Received) -> Result<Recorded, PayError> {
+        // Durable first: a crash after this and before the ack makes the rail
+        // redeliver, and the ledger then reports a duplicate.
+        let recorded = self.ledger.record(p, crate::cli::unix_now())?;
+        if let Err(e) = self.rail.ack_received(p.id) {
+            warn!("acknowledging a payment: {e}");
+        }
+        // The ledger holds it now: prune the node's own record (one per payment, the
+        // store would otherwise grow with every payment the relay ever received).
+        if let Err(e) = self.rail.forget(p.id) {
+            debug!("forgetting a received payment: {e}");
+        }
+        if recorded == Recorded::New {
+            self.write_summary();
+        }
+        Ok(recorded)
+    }
+
     fn write_summary(&self) {
         let text = match self.ledger.summary() {
             Ok(s) => format!("as of unix time {}\n{s}", crate::cli::unix_now()),
