@@ -1,6 +1,6 @@
-//! The relay's payment task: takes received payments from the rail, records them in the
-//! earnings ledger (durably, before acknowledging the rail), then credits the account of the
-//! circuit whose token the payment carried.
+//! The relay's payment task: takes received payments from the rail, credits the account of
+//! the circuit whose token the payment carried, and records them in the earnings ledger
+//! (durably, before acknowledging the rail).
 //!
 //! Routing by token: a charging circuit registers its token here before its CREATED is
 //! sent (so the client cannot pay before the route exists) and removes it when it ends. A
@@ -99,10 +99,18 @@ impl Payments {
 
     /// Handles received payments until shutdown.
     pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        // A payment the ledger could not record, retried before anything else: the rail
+        // hands it out once and waits for its acknowledgement (the LDK rail's event pump
+        // holds the node's later events until then), so asking for the next one instead
+        // would wait forever.
+        let mut unrecorded: Option<Received> = None;
         loop {
-            let p = tokio::select! {
-                _ = shutdown.changed() => return,
-                p = self.rail.next_received() => p,
+            let (p, fresh) = match unrecorded.take() {
+                Some(p) => (Ok(p), false),
+                None => tokio::select! {
+                    _ = shutdown.changed() => return,
+                    p = self.rail.next_received() => (p, true),
+                },
             };
             let p = match p {
                 Ok(p) => p,
@@ -118,55 +126,59 @@ impl Payments {
                     continue;
                 }
             };
+            // Credit first, then record: the client learns that its payment succeeded as
+            // soon as this node claims it, and a download waiting for it resumes at full
+            // speed at once; while the ledger flushes to disk the circuit would run past its
+            // grace. Crediting before the durable record cannot count a payment twice: a
+            // payment is redelivered only after a restart, when its circuit (and its token's
+            // route) is gone. A payment retried after a ledger failure was credited already.
+            if fresh {
+                self.credit(&p);
+            }
             // The ledger flushes to disk and the rail's `forget` writes to the node's store:
             // on a blocking thread, not on a worker of the runtime that relays cells.
             let this = self.clone();
-            let settled = tokio::task::spawn_blocking(move || {
-                let r = this.settle(&p);
-                (r, p)
-            })
-            .await;
-            let (recorded, p) = match settled {
-                Ok((Ok(r), p)) => (r, p),
-                Ok((Err(e), _)) => {
-                    warn!("earnings ledger: {e}; payment left unacknowledged");
-                    if sleep_or_shutdown(&mut shutdown).await {
-                        return;
-                    }
+            let settled = tokio::task::spawn_blocking(move || this.settle(&p)).await;
+            let failure = match settled {
+                Ok(Ok(Recorded::New)) => continue,
+                Ok(Ok(Recorded::Duplicate)) => {
+                    debug!("payment redelivered: already recorded");
                     continue;
                 }
-                Err(e) => {
-                    warn!("recording a payment: {e}; payment left unacknowledged");
-                    if sleep_or_shutdown(&mut shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
+                Ok(Err(e)) => format!("earnings ledger: {e}"),
+                Err(e) => format!("recording a payment: {e}"),
             };
-            match (recorded, p.token) {
-                (Recorded::New, Some(token)) => {
-                    let route = self.routes().get(&token).cloned();
-                    match route {
-                        Some(c) => {
-                            c.fetch_add(p.amount_msat, Ordering::AcqRel);
-                            debug!(msat = p.amount_msat, "payment credited");
-                        }
-                        None => info!(
-                            msat = p.amount_msat,
-                            "payment for a circuit that is gone: recorded, not credited"
-                        ),
-                    }
-                }
-                (Recorded::New, None) => {
-                    info!(msat = p.amount_msat, "payment without a token: recorded")
-                }
-                (Recorded::Duplicate, _) => debug!("payment redelivered: already recorded"),
+            // Durable before acknowledged: keep it and retry before anything new.
+            warn!("{failure}; payment left unacknowledged, retrying");
+            unrecorded = Some(p);
+            if sleep_or_shutdown(&mut shutdown).await {
+                return;
             }
         }
     }
 }
 
 impl Payments {
+    /// Adds `p` to the account of the circuit whose token it carries, if that circuit is
+    /// still open.
+    fn credit(&self, p: &Received) {
+        let Some(token) = p.token else {
+            info!(msat = p.amount_msat, "payment without a token: nothing to credit");
+            return;
+        };
+        let route = self.routes().get(&token).cloned();
+        match route {
+            Some(c) => {
+                c.fetch_add(p.amount_msat, Ordering::AcqRel);
+                debug!(msat = p.amount_msat, "payment credited");
+            }
+            None => info!(
+                msat = p.amount_msat,
+                "payment for a circuit that is gone: not credited"
+            ),
+        }
+    }
+
     /// Records `p` durably, then acknowledges it to the rail and prunes the node's record
     /// of it (blocking: disk writes).
     fn settle(&self, p: &Received) -> Result<Recorded, PayError> {

@@ -258,6 +258,26 @@ impl Regtest {
         self.mine_to(n, &burn)
     }
 
+    /// Number of transactions in the chain's mempool.
+    pub fn mempool_len(&self) -> Result<usize, RegtestError> {
+        let v = self.call("getrawmempool", json!([]))?;
+        v.as_array().map(Vec::len).ok_or_else(|| RegtestError::Rpc {
+            method: "getrawmempool".into(),
+            detail: format!("not an array: {v}"),
+        })
+    }
+
+    /// Waits (bounded) until the mempool holds more than `before` transactions. A channel's
+    /// opener reports `ChannelPending` (and its peer even earlier) before its funding
+    /// transaction reaches the chain: ldk-node hands it to a background broadcast queue.
+    /// Blocks mined before it arrives do not confirm it, and the channel never opens.
+    pub async fn wait_mempool_above(&self, before: usize) -> Result<(), RegtestError> {
+        wait_until(NODE_DEADLINE, "a transaction in the mempool", || {
+            Ok(self.mempool_len()? > before)
+        })
+        .await
+    }
+
     /// Gives the rail's wallet one 50 BTC coinbase output and makes it spendable: mines a
     /// block to the wallet, then enough blocks for coinbase maturity and SegWit activation,
     /// and waits until the wallet sees the funds.
@@ -331,7 +351,9 @@ impl Regtest {
         sats: u64,
     ) -> Result<(), RegtestError> {
         for peer in to {
+            let before = self.mempool_len()?;
             open_pending(from, peer, sats, None).await?;
+            self.wait_mempool_above(before).await?;
             // ldk-node's wallet does not count its own unconfirmed funding transaction as
             // spending its input: the next open would pick the same coin (a double spend
             // the chain refuses). One block and a sync make the spend known.
@@ -371,7 +393,9 @@ impl Regtest {
         sats: u64,
         push_msat: Option<u64>,
     ) -> Result<(), RegtestError> {
+        let before = self.mempool_len()?;
         let (mut ev_from, mut ev_to) = open_pending(from, to, sats, push_msat).await?;
+        self.wait_mempool_above(before).await?;
         self.mine(CHANNEL_DEPTH)?;
         wait_event(&mut ev_from, "channel ready", |e| {
             matches!(e, ChannelEvent::Ready { .. })

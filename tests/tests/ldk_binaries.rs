@@ -379,12 +379,7 @@ async fn relay_binary_wallet_check_and_ledger_survive_sigkill() {
     client.stop().await.unwrap();
 }
 
-/// Ignored: in the clean CI run of 2026-11-24 the channel the client BINARY opened never
-/// became usable at the client within the deadline (and ldk-node's event handler panicked
-/// "Failed to process events"); it had passed before the last merges of that session
-/// (the client's LDK node moved to a runtime of its own). Not yet understood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "channel never usable at the client binary in the 2026-11-24 CI run; not understood"]
 async fn client_binary_wallet_and_status_over_its_control_socket() {
     let chain = Regtest::start().expect("regtest chain");
     let testnet = mainline::Testnet::builder(3).build().unwrap();
@@ -442,6 +437,7 @@ async fn client_binary_wallet_and_status_over_its_control_socket() {
     // Open a channel; a second open before the funding confirmed is refused, with advice.
     let mut peer_events = peer.channel_events();
     let target = format!("{peer_hex}@{peer_addr}");
+    let mempool = chain.mempool_len().unwrap();
     let text = client.ok(&["wallet", "open-channel", &target, &CHANNEL_SAT.to_string()]);
     assert!(text.contains("channel opening"), "{text}");
     let out = client.cmd(&["wallet", "open-channel", &target, "100000"]);
@@ -453,6 +449,10 @@ async fn client_binary_wallet_and_status_over_its_control_socket() {
     })
     .await
     .unwrap();
+    // The peer reports the channel pending before the client (another process) has even
+    // queued the funding transaction for broadcast: blocks mined now could miss it, and the
+    // channel would never open.
+    chain.wait_mempool_above(mempool).await.unwrap();
     chain.mine(CHANNEL_DEPTH).unwrap();
     let mut channel_id = String::new();
     until("the channel to be usable at the client", || {
