@@ -818,8 +818,7 @@ impl Task {
             }
             let mut sent = 0;
             let mut released = 0usize;
-            while sent < CELLS_PER_TURN && self.circ.can_send(id) && !self.info.over_allowance()
-            {
+            while sent < CELLS_PER_TURN && self.circ.can_send(id) && !self.info.over_allowance() {
                 let Some(front) = e.pending.front() else {
                     break;
                 };

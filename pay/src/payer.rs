@@ -824,11 +824,19 @@ mod tests {
         assert_eq!(free.allowance_bytes(t0), None);
         // The per-minute price eats into it: a minute at 60 msat/min is 60 msat less.
         let per_min = [hop(5, 1000, 60)];
-        let q = CircuitPayer::new(cfg(), &per_min, &CAP, t0, &mut rng).unwrap();
-        let a0 = q.allowance_bytes(t0).unwrap();
-        let a1 = q.allowance_bytes(t0 + Duration::from_secs(60)).unwrap();
+        let mut q = CircuitPayer::new(cfg(), &per_min, &CAP, t0, &mut rng).unwrap();
+        q.poll(t0, &mut b, &mut rng);
+        for o in orders(&q.poll(t1, &mut b, &mut rng)) {
+            q.on_result(o.id, PayResult::Sent { fee_msat: 0 }, t1, &mut b, &mut rng);
+        }
+        let a0 = q.allowance_bytes(t1).unwrap();
+        let a1 = q.allowance_bytes(t1 + Duration::from_secs(60)).unwrap();
+        assert!(a1 > 0);
         // (Each side rounds down on its own: one byte either way.)
-        assert!((a0 - a1).abs_diff(60 * (1 << 20) / 1000) <= 1, "{a0} - {a1}");
+        assert!(
+            (a0 - a1).abs_diff(60 * (1 << 20) / 1000) <= 1,
+            "{a0} - {a1}"
+        );
     }
 
     #[test]

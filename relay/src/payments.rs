@@ -129,11 +129,15 @@ impl Payments {
             // Credit first, then record: the client learns that its payment succeeded as
             // soon as this node claims it, and a download waiting for it resumes at full
             // speed at once; while the ledger flushes to disk the circuit would run past its
-            // grace. Crediting before the durable record cannot count a payment twice: a
-            // payment is redelivered only after a restart, when its circuit (and its token's
-            // route) is gone. A payment retried after a ledger failure was credited already.
+            // grace. A payment already in the ledger (redelivered after a crash between
+            // record and ack) is not credited again (the lookup reads sled's cache, no disk
+            // write); one retried after a ledger failure was credited already.
             if fresh {
-                self.credit(&p);
+                match self.ledger.contains(&p.id) {
+                    Ok(false) => self.credit(&p),
+                    Ok(true) => {}
+                    Err(e) => warn!("earnings ledger lookup: {e}; payment not credited"),
+                }
             }
             // The ledger flushes to disk and the rail's `forget` writes to the node's store:
             // on a blocking thread, not on a worker of the runtime that relays cells.
@@ -163,7 +167,10 @@ impl Payments {
     /// still open.
     fn credit(&self, p: &Received) {
         let Some(token) = p.token else {
-            info!(msat = p.amount_msat, "payment without a token: nothing to credit");
+            info!(
+                msat = p.amount_msat,
+                "payment without a token: nothing to credit"
+            );
             return;
         };
         let route = self.routes().get(&token).cloned();

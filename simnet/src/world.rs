@@ -1681,7 +1681,10 @@ impl World {
         let cl = &mut self.clients[client as usize];
         let events = payer.poll(inst, &mut cl.budget, &mut cl.rng);
         // As the client does: past what is paid, wait for the payment on its way.
-        if let Err(e) = c.circ.set_byte_allowance(payer.allowance_bytes(inst), c.cells) {
+        if let Err(e) = c
+            .circ
+            .set_byte_allowance(payer.allowance_bytes(inst), c.cells)
+        {
             self.client_circ_failed(now, cc, &e);
             return;
         }
