@@ -65,6 +65,11 @@ pub struct CpuCosts {
     pub stack_msg_ns: f64,
 }
 
+/// The period of the last host core's availability when it is shared
+/// (`CpuLayout::last_core_share` < 1): long against a piece of work (≤ 0.3 ms: a circuit's
+/// handshakes), short against a measured transfer (≥ 0.1 s).
+const LAST_PERIOD_NS: u64 = 1_000_000;
+
 /// The shipped calibration file: costs and the command that produced them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +145,8 @@ pub struct CpuLayout {
     pub cores: usize,
     /// When set, every node runs on one host with this many cores.
     pub shared_host_cores: Option<usize>,
+    /// The share of time (0–1] the host's last core is available (see [`Cpu::run`]).
+    pub last_core_share: f64,
 }
 
 /// The cores of every node (and of the shared host) in virtual time.
@@ -152,6 +159,9 @@ pub struct Cpu {
     host: Vec<Vec<(u64, u64)>>,
     /// Total busy ns per node (for outputs and tests).
     busy: Vec<u64>,
+    /// The last host core is available only in the first `last_len` ns of every
+    /// `LAST_PERIOD_NS` (equal to the period: always).
+    last_len: u64,
     /// The event time: no work is ready before it (the `now` of [`Cpu::run`] may be later,
     /// when a handler chains work after its own).
     clock: u64,
@@ -166,6 +176,8 @@ impl Cpu {
             lanes: vec![vec![0; cores]; nodes],
             host: vec![Vec::new(); layout.shared_host_cores.unwrap_or(0)],
             busy: vec![0; nodes],
+            last_len: (layout.last_core_share.clamp(0.0, 1.0) * LAST_PERIOD_NS as f64).round()
+                as u64,
             clock: 0,
         }
     }
@@ -220,19 +232,37 @@ impl Cpu {
     /// ready before it).
     fn host_place(&mut self, ready: u64, len: u64) -> u64 {
         let now = self.clock;
+        let n = self.host.len();
+        let last_len = self.last_len;
         let mut best: Option<(u64, usize, usize)> = None; // (start, core, insert index)
         for (ci, core) in self.host.iter_mut().enumerate() {
             let gone = core.iter().take_while(|&&(_, end)| end <= now).count();
             core.drain(..gone);
-            let mut at = ready;
-            let mut idx = core.len();
-            for (i, &(s, e)) in core.iter().enumerate() {
-                if at + len <= s {
-                    idx = i;
-                    break;
-                }
-                at = at.max(e);
+            let windowed = ci + 1 == n && n > 1 && last_len < LAST_PERIOD_NS;
+            if windowed && len > last_len {
+                continue; // never fits in the last core's window
             }
+            let mut at = ready;
+            let mut i = 0;
+            let idx = loop {
+                if windowed {
+                    // Into the window of the period `at` falls in, or the next one.
+                    let start = at - at % LAST_PERIOD_NS;
+                    if at + len > start + last_len {
+                        at = start + LAST_PERIOD_NS;
+                    }
+                }
+                while i < core.len() && core[i].1 <= at {
+                    i += 1;
+                }
+                match core.get(i) {
+                    Some(&(s, e)) if at + len > s => {
+                        at = at.max(e);
+                        i += 1;
+                    }
+                    _ => break i,
+                }
+            };
             if best.is_none_or(|(b, _, _)| at < b) {
                 best = Some((at, ci, idx));
             }
@@ -267,6 +297,7 @@ mod tests {
             &CpuLayout {
                 cores: 1,
                 shared_host_cores: None,
+                last_core_share: 1.0,
             },
             costs(),
         );
@@ -287,6 +318,7 @@ mod tests {
             &CpuLayout {
                 cores: 2,
                 shared_host_cores: Some(2),
+                last_core_share: 1.0,
             },
             costs(),
         );
@@ -301,6 +333,7 @@ mod tests {
             &CpuLayout {
                 cores: 1,
                 shared_host_cores: Some(1),
+                last_core_share: 1.0,
             },
             costs(),
         );
@@ -315,6 +348,50 @@ mod tests {
         assert_eq!(one.run(0, 2, 1950, 100.0), 2200);
         one.advance(3000);
         assert_eq!(one.run(0, 3, 3000, 100.0), 3100);
+    }
+
+    /// A host whose last core is there a share of the time runs 1 + share cores of work on
+    /// average, and work longer than that core's window runs on the others.
+    #[test]
+    fn a_shared_last_core_gives_its_share() {
+        let end = |share: f64| {
+            let mut cpu = Cpu::new(
+                2,
+                &CpuLayout {
+                    cores: 1,
+                    shared_host_cores: Some(2),
+                    last_core_share: share,
+                },
+                costs(),
+            );
+            // Two nodes, each a chain of 400 pieces of 10 µs (4 ms each, 8 ms in all).
+            let mut t = [0u64; 2];
+            for _ in 0..400 {
+                for (n, tn) in (0u32..).zip(t.iter_mut()) {
+                    *tn = cpu.run(n, 0, *tn, 10_000.0);
+                }
+                cpu.advance(t[0].min(t[1]));
+            }
+            t[0].max(t[1])
+        };
+        assert_eq!(end(1.0), 4_000_000);
+        // 1.5 cores: 8 ms of work in about 5.3 ms.
+        let half = end(0.5);
+        assert!((5_200_000..=5_500_000).contains(&half), "{half}");
+        let mut one = Cpu::new(
+            2,
+            &CpuLayout {
+                cores: 2,
+                shared_host_cores: Some(2),
+                last_core_share: 0.25,
+            },
+            costs(),
+        );
+        // Core 0 busy until 1 ms; 0.3 ms does not fit the last core's 0.25 ms window.
+        assert_eq!(one.run(0, 0, 0, 1_000_000.0), 1_000_000);
+        assert_eq!(one.run(1, 0, 0, 300_000.0), 1_300_000);
+        // 0.2 ms does, at once.
+        assert_eq!(one.run(1, 1, 0, 200_000.0), 200_000);
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub struct CpuSection {
     /// six relays and the client in one process on one machine).
     #[serde(default)]
     pub shared_host_cores: Option<usize>,
+    /// The share of time (0–1] the last of the shared host's cores is there for this
+    /// network (the rest goes to others): a host that gives the network 1.4 cores on
+    /// average is `shared_host_cores = 2`, `shared_host_last_core = 0.4`. Default 1.
+    #[serde(default = "default_scale")]
+    pub shared_host_last_core: f64,
     /// Every calibrated cost multiplied by this (a slower or faster machine).
     #[serde(default = "default_scale")]
     pub scale: f64,
@@ -95,6 +100,7 @@ impl Default for CpuSection {
             enabled: true,
             cores: default_cores(),
             shared_host_cores: None,
+            shared_host_last_core: 1.0,
             scale: 1.0,
             layer_ns: None,
             link_msg_ns: None,
@@ -409,7 +415,10 @@ impl Scenario {
         if self.traffic.iter().any(|t| t.port == 0) {
             return bad("traffic port ≥ 1");
         }
-        if self.cpu.cores == 0 || self.cpu.shared_host_cores == Some(0) {
+        if self.cpu.cores == 0
+            || self.cpu.shared_host_cores == Some(0)
+            || !(self.cpu.shared_host_last_core > 0.0 && self.cpu.shared_host_last_core <= 1.0)
+        {
             return bad("cpu: cores ≥ 1");
         }
         if !(self.cpu.scale >= 0.0 && self.cpu.scale.is_finite()) {

@@ -63,7 +63,16 @@ type Body = Box<[u8; CELL_BODY_LEN]>;
 enum CellKind {
     Create(Body),
     Created(Body),
-    Relay { early: bool, body: Body },
+    /// `early`: the protocol's RELAY_EARLY command (forward only). `lone`: simulator
+    /// bookkeeping, not on the wire: the cell is a message of a circuit's build (EXTEND,
+    /// EXTENDED), sent alone, so every link side it crosses pays a whole message
+    /// (`link_cost`), also where a relay passes it on backward (a relayed EXTENDED),
+    /// which the protocol's `early` flag does not mark.
+    Relay {
+        early: bool,
+        lone: bool,
+        body: Body,
+    },
     Destroy(DestroyReason),
 }
 
@@ -455,6 +464,7 @@ impl World {
             &CpuLayout {
                 cores: sc.cpu.cores,
                 shared_host_cores: sc.cpu.shared_host_cores,
+                last_core_share: sc.cpu.shared_host_last_core,
             },
             costs,
         );
@@ -584,11 +594,10 @@ impl World {
         } else {
             l.b_end.unwrap_or(link)
         };
-        let lone = self.lone
-            || match &kind {
-                CellKind::Relay { early, .. } => *early,
-                _ => true,
-            };
+        let lone = match &kind {
+            CellKind::Relay { lone, .. } => *lone,
+            _ => true,
+        };
         let mut cost = work_ns + self.link_cost(lone);
         if self.channels.insert((from.min(to), from.max(to))) {
             // First cell between these nodes: both ends run the link handshake.
@@ -652,7 +661,7 @@ impl World {
             now
         } else {
             let lone = match &kind {
-                CellKind::Relay { early, .. } => *early,
+                CellKind::Relay { lone, .. } => *lone,
                 _ => true,
             };
             let link = self.link_cost(lone);
@@ -661,8 +670,8 @@ impl World {
         if fwd {
             match (kind, b_end) {
                 (CellKind::Create(body), None) => self.relay_create(now, link, b, &body),
-                (CellKind::Relay { early, body }, Some(rc)) => {
-                    self.relay_forward(now, rc, early, body)
+                (CellKind::Relay { early, lone, body }, Some(rc)) => {
+                    self.relay_forward(now, rc, early, lone, body)
                 }
                 (CellKind::Destroy(_), Some(rc)) => self.relay_destroy(now, rc, false),
                 _ => {}
@@ -672,7 +681,7 @@ impl World {
                 End::Client(cc) => self.client_cell(now, cc, kind),
                 End::Relay(rc) => match kind {
                     CellKind::Created(body) => self.relay_extended(now, rc, &body),
-                    CellKind::Relay { body, .. } => self.relay_backward(now, rc, body),
+                    CellKind::Relay { lone, body, .. } => self.relay_backward(now, rc, lone, body),
                     CellKind::Destroy(_) => self.relay_destroy(now, rc, true),
                     CellKind::Create(_) => {}
                 },
@@ -742,7 +751,7 @@ impl World {
         matches!(acct.check(inst), Verdict::Allowed)
     }
 
-    fn relay_forward(&mut self, now: u64, rc: u32, early: bool, mut body: Body) {
+    fn relay_forward(&mut self, now: u64, rc: u32, early: bool, lone: bool, mut body: Body) {
         let inst = self.inst(now);
         let Some(c) = self.rcircs.get_mut(&rc) else {
             return;
@@ -811,7 +820,7 @@ impl World {
                     body[CELL_BODY_LEN - 1] ^= 1;
                 }
                 if let Some(next) = self.rcircs.get(&rc).and_then(|c| c.next) {
-                    self.send(now, next, true, CellKind::Relay { early, body });
+                    self.send(now, next, true, CellKind::Relay { early, lone, body });
                 }
             }
             Fwd::Extend(identity, create) => match self.by_identity.get(&identity).copied() {
@@ -875,7 +884,7 @@ impl World {
         self.exit_pump(now, rc);
     }
 
-    fn relay_backward(&mut self, now: u64, rc: u32, mut body: Body) {
+    fn relay_backward(&mut self, now: u64, rc: u32, lone: bool, mut body: Body) {
         let Some(c) = self.rcircs.get_mut(&rc) else {
             return;
         };
@@ -894,7 +903,16 @@ impl World {
             self.relay_kill(now, rc, DestroyReason::PaymentRequired);
             return;
         }
-        self.send(now, prev, false, CellKind::Relay { early: false, body });
+        self.send(
+            now,
+            prev,
+            false,
+            CellKind::Relay {
+                early: false,
+                lone,
+                body,
+            },
+        );
     }
 
     fn relay_extended(&mut self, now: u64, rc: u32, body: &[u8; CELL_BODY_LEN]) {
@@ -935,6 +953,7 @@ impl World {
                         false,
                         CellKind::Relay {
                             early: false,
+                            lone: self.lone,
                             body: Box::new(body),
                         },
                         layer,
@@ -1224,6 +1243,11 @@ impl World {
         let layers = c.circ.hops_built();
         let client = c.client;
         let is_relay = matches!(kind, CellKind::Relay { .. });
+        // A lone build message (CREATED, EXTENDED, DESTROY) pays a whole message here.
+        let lone = match &kind {
+            CellKind::Relay { lone, .. } => *lone,
+            _ => true,
+        };
         let mut added = false;
         let mut opened = false;
         let mut connected = None;
@@ -1267,7 +1291,7 @@ impl World {
         };
         // The client's CPU: the link, one layer per hop the cell crossed, a handshake's end.
         let node = self.clients[client as usize].node;
-        let mut work = self.link_cost(!is_relay || added);
+        let mut work = self.link_cost(lone);
         if is_relay {
             work += layers as f64 * self.costs.layer_ns;
         }
@@ -1324,6 +1348,7 @@ impl World {
                         true,
                         CellKind::Relay {
                             early,
+                            lone: early,
                             body: Box::new(oc.body),
                         },
                         work,
@@ -1493,6 +1518,18 @@ impl World {
         });
         self.schedule_next(now, client);
         self.client_flush(now, cc);
+        // Like the real client's circuit manager, a circuit past its dirtiness closes once
+        // its stream is done, not when the next download needs a circuit (then its
+        // teardown would run beside that build and be counted in it).
+        let dirty = self.sc.clients.max_dirtiness_s * SEC;
+        let retired = self
+            .ccircs
+            .get(&cc)
+            .is_some_and(|c| c.first_stream.is_some_and(|f| now >= f + dirty));
+        if retired && self.clients[client as usize].current == Some(cc) {
+            self.clients[client as usize].current = None;
+            self.client_close(now, cc);
+        }
     }
 
     fn schedule_next(&mut self, now: u64, client: u32) {

@@ -62,27 +62,45 @@ fn overcharging_relay_is_avoided_once_detected() {
     assert!(refused > 0);
 }
 
-/// A relay that takes payment and stops relaying gets at most one chunk from each client
+/// A relay that takes payment and stops relaying gets at most one chunk per circuit
 /// beyond what it had carried: the client pays ahead by one chunk (onionvpn-pay's payer),
-/// the circuit stalls, and the client never pays that relay again.
+/// the circuit stalls, and the client avoids that relay. (Per circuit, not per client: a
+/// circuit can end for another reason first, e.g. the rail failing a payment to another
+/// hop, and then the client has not seen the stall and may build through the relay again.)
 #[test]
 fn take_payment_and_stop_costs_at_most_one_chunk() {
     let o = run(include_str!("../scenarios/adv-take-payment.toml"));
     let adv = adversaries(&o);
-    let mut victims = 0;
+    let mut built: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    for c in o.circuits.iter().filter(|c| c.build_ms.is_some()) {
+        for r in path(&c.path) {
+            *built.entry((c.client, r)).or_insert(0) += 1;
+        }
+    }
+    let (mut victims, mut once) = (0, 0);
     for (client, lost) in o.lost_to.iter().enumerate() {
         for (relay, msat) in lost {
             assert!(adv.contains(relay));
             if *msat > 0 {
                 victims += 1;
             }
+            if *msat > 0 && *msat <= o.chunk_msat {
+                once += 1;
+            }
+            let n = built.get(&(client as u32, *relay)).copied().unwrap_or(0);
             assert!(
-                *msat <= o.chunk_msat,
-                "client {client} lost {msat} msat to relay {relay}, more than one chunk ({})",
+                *msat <= o.chunk_msat * n,
+                "client {client} lost {msat} msat to relay {relay} over {n} circuits, more \
+                 than one chunk ({}) each",
                 o.chunk_msat
             );
         }
     }
+    // Almost every client loses at most one chunk to each adversary.
+    assert!(
+        once * 10 >= victims * 9,
+        "{once} of {victims} lost at most one chunk"
+    );
     assert!(victims > 10, "the scenario never exercised the adversary");
     // Honest relays were paid for real traffic.
     let honest: u64 = o
@@ -159,7 +177,12 @@ fn dropping_relay_breaks_its_circuits() {
     assert_eq!(adv.len(), 5);
     let bad = through(&o, &adv, true);
     let (mut n_bad, mut fail_bad, mut n_ok, mut fail_ok) = (0u32, 0u32, 0u32, 0u32);
-    for s in o.streams.iter().filter(|s| s.circuit != 0) {
+    // Failed payments (the rail fails 1 % of them, whoever the relay) are not the drops.
+    for s in o
+        .streams
+        .iter()
+        .filter(|s| s.circuit != 0 && s.outcome != "payments failed")
+    {
         let failed = s.outcome != "ok";
         if bad.contains(&s.circuit) {
             n_bad += 1;
