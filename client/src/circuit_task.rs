@@ -106,6 +106,12 @@ pub struct CircuitInfo {
     cells: AtomicU64,
     /// Each built hop's payment terms (`None`: the hop is free).
     terms: Mutex<Vec<Option<PaymentTerms>>>,
+    /// Bytes of relay cell bodies (as counted in `cells`) the hops have been paid for
+    /// (`CircuitPayer::allowance_bytes`); `u64::MAX`: no limit. The task
+    /// stops acknowledging the exit's data and sending its own at this point.
+    allowance: AtomicU64,
+    /// Wakes the task when `allowance` changed.
+    allowance_changed: Notify,
 }
 
 impl CircuitInfo {
@@ -140,6 +146,24 @@ impl CircuitInfo {
     /// The payment terms of each built hop, guard first (`None`: free hop).
     pub fn terms(&self) -> Vec<Option<PaymentTerms>> {
         self.terms.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Bytes of relay cell bodies the circuit may carry in all before a hop is owed more than
+    /// it has been paid (`None`: no limit).
+    pub fn allowance(&self) -> Option<u64> {
+        let a = self.allowance.load(Ordering::Relaxed);
+        (a != u64::MAX).then_some(a)
+    }
+    /// Sets [`CircuitInfo::allowance`] (`None`: no limit) and wakes the circuit task if it
+    /// changed.
+    pub(crate) fn set_allowance(&self, bytes: Option<u64>) {
+        let bytes = bytes.unwrap_or(u64::MAX);
+        if self.allowance.swap(bytes, Ordering::Relaxed) != bytes {
+            self.allowance_changed.notify_one();
+        }
+    }
+    /// Whether the circuit has used up what its hops have been paid for.
+    fn over_allowance(&self) -> bool {
+        self.cells().saturating_mul(CELL_BODY_LEN as u64) >= self.allowance.load(Ordering::Relaxed)
     }
 }
 
@@ -407,6 +431,8 @@ pub(crate) fn spawn_circuit(
         streams_total: AtomicU64::new(0),
         cells: AtomicU64::new(0),
         terms: Mutex::new(Vec::new()),
+        allowance: AtomicU64::new(u64::MAX),
+        allowance_changed: Notify::new(),
     });
     let (tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (build_tx, build_rx) = oneshot::channel();
@@ -543,6 +569,11 @@ impl Task {
                     }
                     None => return Stop::Unused,
                 },
+                () = self.info.allowance_changed.notified() => {
+                    if let Err(e) = self.apply_allowance() {
+                        return e.into();
+                    }
+                }
             }
             // Batch whatever else is already waiting before flushing.
             for _ in 0..BATCH {
@@ -761,6 +792,12 @@ impl Task {
         }
     }
 
+    /// Holds back acknowledgements of the exit's data past the circuit's allowance.
+    fn apply_allowance(&mut self) -> Result<(), CircError> {
+        self.circ
+            .set_byte_allowance(self.info.allowance(), self.info.cells())
+    }
+
     /// Moves waiting bytes into cells while congestion and flow control allow,
     /// round-robin over streams, a few cells per stream per turn.
     fn pump(&mut self) -> Result<(), CircError> {
@@ -781,7 +818,7 @@ impl Task {
             }
             let mut sent = 0;
             let mut released = 0usize;
-            while sent < CELLS_PER_TURN && self.circ.can_send(id) {
+            while sent < CELLS_PER_TURN && self.circ.can_send(id) && !self.info.over_allowance() {
                 let Some(front) = e.pending.front() else {
                     break;
                 };

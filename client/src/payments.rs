@@ -300,6 +300,9 @@ impl ClientPayments {
                     }
                 }
             }
+            // Past what is paid the circuit waits for the payment on its way rather than
+            // outrun it (and be torn down by the hop).
+            info.set_allowance(payer.allowance_bytes(now));
             let wait = payer
                 .next_deadline(now)
                 .map_or(TICK, |d| d.saturating_duration_since(now).min(TICK));
@@ -354,10 +357,15 @@ impl ClientPayments {
         };
         if let Ok(sent) = r {
             self.persist(spent);
-            // Prune: the node's store would otherwise keep one record per payment.
-            if let Err(e) = self.rail.forget(sent.id) {
-                debug!("forgetting a payment: {e}");
-            }
+            // Prune: the node's store would otherwise keep one record per payment. On a
+            // blocking thread: the rail deletes from its store on disk, which must not stall
+            // the runtime that carries the circuits.
+            let rail = self.rail.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = rail.forget(sent.id) {
+                    debug!("forgetting a payment: {e}");
+                }
+            });
         }
     }
 }

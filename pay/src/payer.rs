@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use onionvpn_proto::ext::PaymentTerms;
 use rand_core::Rng;
 
-use crate::account::price;
+use crate::account::{bytes_for, price, time_price};
 use crate::rail::{KeysendRequest, NodeId};
 use crate::PayError;
 
@@ -402,6 +402,34 @@ impl CircuitPayer {
     /// The chunk hop `hop` is paid ahead by now, in msat (see the module docs).
     pub fn chunk_msat(&self, hop: usize) -> u64 {
         self.hops.get(hop).map_or(0, |h| self.chunk_of(h))
+    }
+
+    /// The bytes the circuit may have carried in all (relay cell bodies, both directions, as
+    /// the hops count them) at `now` before some hop's use passes what it has been paid
+    /// (confirmed payments only); `None` if no hop charges by the byte or the payer has
+    /// stopped (then the hops' own enforcement ends the circuit rather than leave it waiting
+    /// for payments that will not come).
+    ///
+    /// The client stops acknowledging the exit's data at this point
+    /// (`ClientCircuit::set_byte_allowance`), so a download waits for a payment still on its
+    /// way instead of outrunning it and being torn down by the hop. The hops' grace is left
+    /// for the cells already on their way when it stops: up to the exit's congestion window,
+    /// measured at 330 cells (165 KiB) on loopback, more than half a 256 KiB grace.
+    pub fn allowance_bytes(&self, now: Instant) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
+        let age = now.saturating_duration_since(self.opened);
+        self.hops
+            .iter()
+            .filter_map(|h| {
+                let t = &h.spec.terms;
+                let limit = h
+                    .confirmed_msat
+                    .saturating_sub(time_price(t.msat_per_min, age));
+                bytes_for(t.msat_per_mib, limit)
+            })
+            .min()
     }
 
     /// Estimated throughput of the circuit, bytes per second.
@@ -769,6 +797,46 @@ mod tests {
         // Spend = payments + fees (1 msat per payment).
         assert!(b.spent_msat() > p.total_paid_msat());
         assert_eq!(b.reserved_msat(), 0);
+    }
+
+    #[test]
+    fn allowance_is_what_the_least_paid_hop_was_paid() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        // 256 KiB grace each; hop 1 charges twice as much per MiB, hop 2 only by the minute.
+        let hops = [hop(1, 1000, 0), hop(2, 2000, 0), hop(3, 0, 60)];
+        let mut p = CircuitPayer::new(cfg(), &hops, &CAP, t0, &mut rng).unwrap();
+        let mut b = Budget::new(None, 0);
+        // Nothing confirmed: nothing.
+        assert_eq!(p.allowance_bytes(t0), Some(0));
+        // First payments go after their jitter (≤ 300 ms).
+        let t1 = t0 + Duration::from_secs(1);
+        p.poll(t0, &mut b, &mut rng);
+        let ev = p.poll(t1, &mut b, &mut rng);
+        assert_eq!(orders(&ev).len(), 3);
+        for o in orders(&ev) {
+            p.on_result(o.id, PayResult::Sent { fee_msat: 0 }, t1, &mut b, &mut rng);
+        }
+        // One chunk (1000 msat) each: 1 MiB at hop 0, 0.5 MiB at hop 1.
+        assert_eq!(p.allowance_bytes(t1), Some(1 << 19));
+        // A free-by-the-byte circuit has no allowance.
+        let free = CircuitPayer::new(cfg(), &[hop(4, 0, 60)], &CAP, t0, &mut rng).unwrap();
+        assert_eq!(free.allowance_bytes(t0), None);
+        // The per-minute price eats into it: a minute at 60 msat/min is 60 msat less.
+        let per_min = [hop(5, 1000, 60)];
+        let mut q = CircuitPayer::new(cfg(), &per_min, &CAP, t0, &mut rng).unwrap();
+        q.poll(t0, &mut b, &mut rng);
+        for o in orders(&q.poll(t1, &mut b, &mut rng)) {
+            q.on_result(o.id, PayResult::Sent { fee_msat: 0 }, t1, &mut b, &mut rng);
+        }
+        let a0 = q.allowance_bytes(t1).unwrap();
+        let a1 = q.allowance_bytes(t1 + Duration::from_secs(60)).unwrap();
+        assert!(a1 > 0);
+        // (Each side rounds down on its own: one byte either way.)
+        assert!(
+            (a0 - a1).abs_diff(60 * (1 << 20) / 1000) <= 1,
+            "{a0} - {a1}"
+        );
     }
 
     #[test]

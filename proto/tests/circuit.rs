@@ -530,3 +530,45 @@ fn both_edges_use_the_sendme_increment_the_exit_confirmed() {
     assert!(bytes_of(&net.apps.at_exit, s) == up.as_slice());
     assert!(bytes_of(&net.apps.at_client, s) == down.as_slice());
 }
+
+#[test]
+fn held_acknowledgements_stop_the_exit_within_its_window_and_release_in_order() {
+    const LIMIT: u64 = 100;
+    let mut net = built_net(9);
+    let s = net.open_stream();
+    net.client.set_ack_limit(Some(LIMIT)).unwrap();
+    let down = random_bytes(&mut net.rng, 4 << 20);
+    let mut d = 0;
+    // Send while the exit's congestion window allows: it must run out.
+    for _ in 0..10_000 {
+        let now = net.now;
+        let before = d;
+        while d < down.len() && net.exit().can_send(s) {
+            d += net.exit().send_data(s, &down[d..], now).unwrap();
+        }
+        net.pump();
+        if d == before {
+            break;
+        }
+    }
+    assert!(net.failed.is_none(), "{:?}", net.failed);
+    assert!(d < down.len(), "the exit stopped before the end");
+    let received = net.client.data_cells_received();
+    let window = net.exit().cc().cwnd();
+    assert!(
+        received <= LIMIT + window,
+        "{received} DATA cells arrived: past the limit by more than one window ({window})"
+    );
+    assert!(received > LIMIT, "the exit used its window past the limit");
+    assert!(net.client.sendmes_held() > 0, "SENDMEs past the limit held");
+
+    // Lifting the limit releases the held SENDMEs (tags in order, or the exit would fail
+    // the circuit) and the download completes intact.
+    net.client.set_ack_limit(None).unwrap();
+    assert_eq!(net.client.sendmes_held(), 0);
+    net.transfer(s, &[], &down[d..]);
+    assert!(
+        bytes_of(&net.apps.at_client, s) == down.as_slice(),
+        "download intact"
+    );
+}

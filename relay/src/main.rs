@@ -48,10 +48,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Worker threads of the Lightning node's runtime (ldk-node needs a multi-threaded one; its
-/// work is light next to the relay's).
-const LDK_WORKERS: usize = 2;
-
 /// Prints a command's text to stdout, or its error to stderr, and says how it went.
 fn print_result<T: std::fmt::Display>(result: Result<T, CliError>) -> ExitCode {
     match result {
@@ -66,12 +62,10 @@ fn print_result<T: std::fmt::Display>(result: Result<T, CliError>) -> ExitCode {
     }
 }
 
+/// The Lightning node's own runtime (ldk-node needs a multi-threaded one; apart from the
+/// relay's so that its disk writes never stall cells).
 fn ldk_runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(LDK_WORKERS)
-        .thread_name("onionvpn-ldk")
-        .enable_all()
-        .build()
+    onionvpn_pay::ldk::node_runtime()
         .map_err(|e| CliError::Wallet(format!("cannot start the Lightning runtime: {e}")))
 }
 

@@ -1,6 +1,6 @@
-//! The relay's payment task: takes received payments from the rail, records them in the
-//! earnings ledger (durably, before acknowledging the rail), then credits the account of the
-//! circuit whose token the payment carried.
+//! The relay's payment task: takes received payments from the rail, credits the account of
+//! the circuit whose token the payment carried, and records them in the earnings ledger
+//! (durably, before acknowledging the rail).
 //!
 //! Routing by token: a charging circuit registers its token here before its CREATED is
 //! sent (so the client cannot pay before the route exists) and removes it when it ends. A
@@ -105,11 +105,11 @@ impl Payments {
         // would wait forever.
         let mut unrecorded: Option<Received> = None;
         loop {
-            let p = match unrecorded.take() {
-                Some(p) => Ok(p),
+            let (p, fresh) = match unrecorded.take() {
+                Some(p) => (Ok(p), false),
                 None => tokio::select! {
                     _ = shutdown.changed() => return,
-                    p = self.rail.next_received() => p,
+                    p = self.rail.next_received() => (p, true),
                 },
             };
             let p = match p {
@@ -126,54 +126,86 @@ impl Payments {
                     continue;
                 }
             };
-            // Durable first: a crash after this and before the ack makes the rail
-            // redeliver, and the ledger then reports a duplicate.
-            let recorded = match self.ledger.record(&p, crate::cli::unix_now()) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!("earnings ledger: {e}; payment left unacknowledged, retrying");
-                    unrecorded = Some(p);
-                    if sleep_or_shutdown(&mut shutdown).await {
-                        return;
-                    }
+            // Credit first, then record: the client learns that its payment succeeded as
+            // soon as this node claims it, and a download waiting for it resumes at full
+            // speed at once; while the ledger flushes to disk the circuit would run past its
+            // grace. A payment already in the ledger (redelivered after a crash between
+            // record and ack) is not credited again (the lookup reads sled's cache, no disk
+            // write); one retried after a ledger failure was credited already.
+            if fresh {
+                match self.ledger.contains(&p.id) {
+                    Ok(false) => self.credit(&p),
+                    Ok(true) => {}
+                    Err(e) => warn!("earnings ledger lookup: {e}; payment not credited"),
+                }
+            }
+            // The ledger flushes to disk and the rail's `forget` writes to the node's store:
+            // on a blocking thread, not on a worker of the runtime that relays cells.
+            let this = self.clone();
+            let settled = tokio::task::spawn_blocking(move || this.settle(&p)).await;
+            let failure = match settled {
+                Ok(Ok(Recorded::New)) => continue,
+                Ok(Ok(Recorded::Duplicate)) => {
+                    debug!("payment redelivered: already recorded");
                     continue;
                 }
+                Ok(Err(e)) => format!("earnings ledger: {e}"),
+                Err(e) => format!("recording a payment: {e}"),
             };
-            if let Err(e) = self.rail.ack_received(p.id) {
-                warn!("acknowledging a payment: {e}");
-            }
-            // The ledger holds it now: prune the node's own record (one per payment, the
-            // store would otherwise grow with every payment the relay ever received).
-            if let Err(e) = self.rail.forget(p.id) {
-                debug!("forgetting a received payment: {e}");
-            }
-            if recorded == Recorded::New {
-                self.write_summary();
-            }
-            match (recorded, p.token) {
-                (Recorded::New, Some(token)) => {
-                    let route = self.routes().get(&token).cloned();
-                    match route {
-                        Some(c) => {
-                            c.fetch_add(p.amount_msat, Ordering::AcqRel);
-                            debug!(msat = p.amount_msat, "payment credited");
-                        }
-                        None => info!(
-                            msat = p.amount_msat,
-                            "payment for a circuit that is gone: recorded, not credited"
-                        ),
-                    }
-                }
-                (Recorded::New, None) => {
-                    info!(msat = p.amount_msat, "payment without a token: recorded")
-                }
-                (Recorded::Duplicate, _) => debug!("payment redelivered: already recorded"),
+            // Durable before acknowledged: keep it and retry before anything new.
+            warn!("{failure}; payment left unacknowledged, retrying");
+            unrecorded = Some(p);
+            if sleep_or_shutdown(&mut shutdown).await {
+                return;
             }
         }
     }
 }
 
 impl Payments {
+    /// Adds `p` to the account of the circuit whose token it carries, if that circuit is
+    /// still open.
+    fn credit(&self, p: &Received) {
+        let Some(token) = p.token else {
+            info!(
+                msat = p.amount_msat,
+                "payment without a token: nothing to credit"
+            );
+            return;
+        };
+        let route = self.routes().get(&token).cloned();
+        match route {
+            Some(c) => {
+                c.fetch_add(p.amount_msat, Ordering::AcqRel);
+                debug!(msat = p.amount_msat, "payment credited");
+            }
+            None => info!(
+                msat = p.amount_msat,
+                "payment for a circuit that is gone: not credited"
+            ),
+        }
+    }
+
+    /// Records `p` durably, then acknowledges it to the rail and prunes the node's record
+    /// of it (blocking: disk writes).
+    fn settle(&self, p: &Received) -> Result<Recorded, PayError> {
+        // Durable first: a crash after this and before the ack makes the rail
+        // redeliver, and the ledger then reports a duplicate.
+        let recorded = self.ledger.record(p, crate::cli::unix_now())?;
+        if let Err(e) = self.rail.ack_received(p.id) {
+            warn!("acknowledging a payment: {e}");
+        }
+        // The ledger holds it now: prune the node's own record (one per payment, the
+        // store would otherwise grow with every payment the relay ever received).
+        if let Err(e) = self.rail.forget(p.id) {
+            debug!("forgetting a received payment: {e}");
+        }
+        if recorded == Recorded::New {
+            self.write_summary();
+        }
+        Ok(recorded)
+    }
+
     fn write_summary(&self) {
         let text = match self.ledger.summary() {
             Ok(s) => format!("as of unix time {}\n{s}", crate::cli::unix_now()),

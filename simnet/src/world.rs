@@ -1717,6 +1717,14 @@ impl World {
         let client = c.client;
         let cl = &mut self.clients[client as usize];
         let events = payer.poll(inst, &mut cl.budget, &mut cl.rng);
+        // As the client does: past what is paid, wait for the payment on its way.
+        if let Err(e) = c
+            .circ
+            .set_byte_allowance(payer.allowance_bytes(inst), c.cells)
+        {
+            self.client_circ_failed(now, cc, &e);
+            return;
+        }
         let wake = payer
             .next_deadline(inst)
             .map(|d| now + d.saturating_duration_since(inst).as_nanos() as u64);
@@ -1874,6 +1882,8 @@ impl World {
             Some(payer) => {
                 payer.on_result(p.order, result, inst, &mut cl.budget, &mut cl.rng);
                 self.client_pay(now, p.ccirc);
+                // A confirmed payment may release acknowledgements held for it.
+                self.client_flush(now, p.ccirc);
             }
             None => {
                 // The circuit is gone; settle the reservation in the budget all the same.

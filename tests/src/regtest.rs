@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use onionvpn_pay::ldk::ldk_node::bitcoin::bech32::{self, Hrp};
 use onionvpn_pay::ldk::ldk_node::bitcoin::{Address, Network};
-use onionvpn_pay::ldk::{BitcoindConfig, ChannelEvent, LdkConfig, LdkRail, ValidConfig};
+use onionvpn_pay::ldk::{
+    node_runtime, BitcoindConfig, ChannelEvent, LdkConfig, LdkRail, ValidConfig,
+};
 use onionvpn_pay::{PayError, PaymentRail};
 use serde_json::{json, Value};
 
@@ -309,6 +311,23 @@ impl Regtest {
         Ok(LdkRail::start(&cfg, dir).await?)
     }
 
+    /// Like [`Regtest::start_rail`], with the node on the runtime of `rt` (as the relay and
+    /// client binaries run theirs, apart from the circuits' runtime).
+    pub async fn start_rail_on(
+        &self,
+        dir: &Path,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Arc<LdkRail>, RegtestError> {
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let cfg = LdkConfig::regtest(self.bitcoind_config(), Some(listen));
+        let dir = dir.to_path_buf();
+        let started = rt
+            .spawn(async move { LdkRail::start(&cfg, &dir).await })
+            .await
+            .map_err(|e| RegtestError::Start(format!("LDK node task: {e}")))?;
+        Ok(started?)
+    }
+
     /// Restarts a rail from the same storage (same keys, same port).
     pub async fn restart_rail(
         &self,
@@ -551,7 +570,22 @@ pub struct LdkNet {
     pub chain: Regtest,
     relays: Vec<Arc<LdkRail>>,
     client: Arc<LdkRail>,
+    /// The nodes' runtime (threads named [`onionvpn_pay::ldk::NODE_RUNTIME_THREAD`]), apart
+    /// from the relays' and the client's as in the binaries.
+    _rt: NodeRuntime,
     _dir: tempfile::TempDir,
+}
+
+/// A runtime that may be dropped inside another runtime (async tests): it shuts down in
+/// the background instead of blocking.
+struct NodeRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for LdkNet {
@@ -568,12 +602,19 @@ impl LdkNet {
     pub async fn start(relays: usize, channel_sat: u64) -> Result<LdkNet, RegtestError> {
         let dir = tempfile::tempdir().map_err(|e| RegtestError::Io("temporary directory", e))?;
         let chain = Regtest::start()?;
-        let client = chain.start_rail(&dir.path().join("client")).await?;
+        let rt = NodeRuntime(Some(
+            node_runtime().map_err(|e| RegtestError::Io("LDK runtime", e))?,
+        ));
+        let h = match &rt.0 {
+            Some(r) => r.handle().clone(),
+            None => return Err(RegtestError::Start("no LDK runtime".into())),
+        };
+        let client = chain.start_rail_on(&dir.path().join("client"), &h).await?;
         let mut rs = Vec::new();
         for i in 0..relays {
             rs.push(
                 chain
-                    .start_rail(&dir.path().join(format!("relay{i}")))
+                    .start_rail_on(&dir.path().join(format!("relay{i}")), &h)
                     .await?,
             );
         }
@@ -584,6 +625,7 @@ impl LdkNet {
             chain,
             relays: rs,
             client,
+            _rt: rt,
             _dir: dir,
         })
     }

@@ -455,3 +455,48 @@ async fn streams_wait_for_first_payments_on_a_slow_rail() {
     }
     net.shutdown().await;
 }
+
+/// A download faster than its payments: on a rail whose keysends take `SLOW_RAIL`, a 16 MiB
+/// download passes its first chunk (4 MiB at these prices) long before the next payment can
+/// land. The client stops acknowledging the exit's data at what is paid, so the download waits for each payment instead of passing the 256 KiB grace and being cut
+/// by a hop (which is what happens without the limit: checked by lifting it in
+/// `CircuitInfo::set_allowance`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_faster_than_its_payments_waits_for_them() {
+    let rail = MemoryNetwork::new();
+    rail.set_latency(SLOW_RAIL);
+    let paid = PaidNet {
+        rails: Rails::Memory(rail),
+        grace_kib: 256,
+        ..PaidNet::default()
+    };
+    let net = LocalNet::start(LocalNetConfig {
+        relays: 3,
+        exits: 1,
+        paid: Some(paid),
+        ..LocalNetConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = net.the_client().unwrap();
+    let got = download(&net, client, 16 * MIB).await;
+    assert_eq!(got, Ok(16 * MIB), "the download was cut");
+    assert_eq!(payment_required(&net), 0, "a relay cut a paid circuit");
+    // It needed payments made while it ran: every hop of its circuit was paid for the
+    // 16 MiB (1,000 msat/MiB) beyond its first chunk.
+    let ledgers = net.ledgers();
+    let used = client
+        .circuit_manager()
+        .circuits()
+        .into_iter()
+        .find(|c| c.streams_total > 0)
+        .expect("the download's circuit");
+    for t in used.terms.iter().flatten() {
+        let credit: u64 = ledgers
+            .iter()
+            .map(|l| l.token_msat(&t.token).unwrap())
+            .sum();
+        assert!(credit >= 16_000, "hop credited {credit} msat");
+    }
+    net.shutdown().await;
+}

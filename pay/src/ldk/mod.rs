@@ -287,18 +287,27 @@ impl LdkRail {
     /// Starts an outgoing payment with `send` (which returns the node's payment id) and
     /// resolves with its outcome. The waiter is registered under the lock before the event
     /// pump can see the outcome, so no outcome is missed.
+    ///
+    /// `send` runs on a blocking thread: ldk-node persists the channel update a payment
+    /// makes (SQLite, synced to disk) on the calling thread, and on a runtime worker that
+    /// would stall every task queued behind it (a client's circuits, for a few ms per
+    /// payment).
     async fn track(
         &self,
-        send: impl FnOnce() -> Result<LdkPaymentId, NodeError>,
+        send: impl FnOnce(&Node) -> Result<LdkPaymentId, NodeError> + Send + 'static,
         context: &'static str,
     ) -> Result<Sent, PayError> {
-        let rx = {
-            let mut waiters = self.shared.waiters();
-            let id = send().map_err(|e| node_err(context, e))?;
+        let node = self.node.clone();
+        let shared = self.shared.clone();
+        let rx = tokio::task::spawn_blocking(move || {
+            let mut waiters = shared.waiters();
+            let id = send(&node).map_err(|e| node_err(context, e))?;
             let (tx, rx) = oneshot::channel();
             waiters.insert(id.0, tx);
-            rx
-        };
+            Ok::<_, PayError>(rx)
+        })
+        .await
+        .map_err(|e| join_err(context, e))??;
         rx.await.map_err(|_| PayError::RailStopped)?
     }
 }
@@ -425,10 +434,9 @@ impl PaymentRail for LdkRail {
                 type_num: TOKEN_TLV_TYPE,
                 value: req.token.0.to_vec(),
             };
-            let node = &self.node;
             let r = self
                 .track(
-                    || {
+                    move |node| {
                         node.spontaneous_payment().send_with_custom_tlvs(
                             req.amount_msat,
                             to,

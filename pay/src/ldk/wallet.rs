@@ -136,10 +136,9 @@ impl LdkRail {
             what: "invoice",
             detail: format!("{e}"),
         })?;
-        let node = &self.node;
         let fee = self.max_routing_fee_msat;
         self.track(
-            || node.bolt11_payment().send(&inv, Some(route_params(fee))),
+            move |node| node.bolt11_payment().send(&inv, Some(route_params(fee))),
             "pay invoice",
         )
         .await

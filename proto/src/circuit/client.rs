@@ -18,7 +18,7 @@ use crate::relaymsg::{
 };
 
 use super::edge::{Edge, StreamMsg};
-use super::CircError;
+use super::{CircError, SendmeTag};
 
 /// Everything the client needs about one hop, taken from its verified descriptor.
 #[derive(Debug, Clone)]
@@ -158,7 +158,19 @@ pub struct ClientCircuit {
     vegas: VegasParams,
     /// Streams and congestion control toward the exit.
     edge: Edge,
+    /// DATA cells from the exit the client may acknowledge in all (`None`: no limit); see
+    /// [`ClientCircuit::set_ack_limit`].
+    ack_limit: Option<u64>,
+    /// SENDMEs held back by `ack_limit`, oldest first: (DATA cells received when it fell
+    /// due, the tag it carries).
+    held_sendmes: VecDeque<(u64, SendmeTag)>,
 }
+
+/// SENDMEs the client holds back at most. The exit may not send past its congestion window
+/// without acknowledgements, so an honest exit leaves a few dozen held at most; more is an
+/// exit ignoring congestion control, and the circuit is torn down rather than the queue
+/// growing without bound.
+pub const MAX_HELD_SENDMES: usize = 1024;
 
 impl std::fmt::Debug for ClientCircuit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,6 +217,8 @@ impl ClientCircuit {
             vegas: config.vegas.clone(),
             handshakes,
             path,
+            ack_limit: None,
+            held_sendmes: VecDeque::new(),
         };
         Ok((circ, body))
     }
@@ -275,7 +289,7 @@ impl ClientCircuit {
             }
             ClientBound::Data(stream, data) => {
                 if self.edge.on_data_cell() {
-                    self.queue_circuit_msg(&RelayMsg::Sendme(Sendme { tag }))?;
+                    self.acknowledge(tag)?;
                 }
                 Ok(match self.edge.on_stream_msg(stream, StreamMsg::Data)? {
                     true => ClientEvent::Data { stream, data },
@@ -386,6 +400,74 @@ impl ClientCircuit {
             });
         }
         self.queue_msg(hop, &RelayMsg::Payment(body), false)
+    }
+
+    /// Limits the DATA cells from the exit the client acknowledges (SENDMEs) to `limit` in
+    /// all, counted from the start of the circuit (`None`: no limit); SENDMEs that fall due
+    /// beyond it are held, in order, and queued as soon as a later call allows them.
+    ///
+    /// Why: the exit sends only within its congestion window of unacknowledged cells, so
+    /// holding SENDMEs stops a download within one window. The client's payments use it to
+    /// keep a circuit from carrying more than its hops have been paid for (plus their grace)
+    /// while a payment is still on its way, instead of the hop tearing the circuit down.
+    pub fn set_ack_limit(&mut self, limit: Option<u64>) -> Result<(), CircError> {
+        self.ack_limit = limit;
+        while let Some(&(due_at, tag)) = self.held_sendmes.front() {
+            if limit.is_some_and(|l| due_at > l) {
+                break;
+            }
+            self.held_sendmes.pop_front();
+            self.queue_circuit_msg(&RelayMsg::Sendme(Sendme { tag }))?;
+        }
+        Ok(())
+    }
+
+    /// Limits what the circuit carries to `allowance` bytes of relay cell bodies in all
+    /// (both directions, from its start; `None`: no limit), of which `carried_cells` cells
+    /// have been carried: the room left, less the SENDMEs it takes, is applied to the exit's
+    /// DATA cells the client acknowledges ([`ClientCircuit::set_ack_limit`]). What the client itself sends is the
+    /// shell's to hold back.
+    pub fn set_byte_allowance(
+        &mut self,
+        allowance: Option<u64>,
+        carried_cells: u64,
+    ) -> Result<(), CircError> {
+        let data = self.edge.data_received();
+        // Every `sendme_inc` DATA cells acknowledged cost one SENDME cell of the room too.
+        let inc = u64::from(self.vegas.sendme_inc.max(1));
+        let limit = allowance.map(|bytes| {
+            let allowed = bytes / CELL_BODY_LEN as u64;
+            match allowed.checked_sub(carried_cells) {
+                Some(room) => data.saturating_add(room.saturating_mul(inc) / (inc + 1)),
+                None => data.saturating_sub(carried_cells - allowed),
+            }
+        });
+        self.set_ack_limit(limit)
+    }
+
+    /// DATA cells received from the exit so far (whatever their stream).
+    pub fn data_cells_received(&self) -> u64 {
+        self.edge.data_received()
+    }
+
+    /// SENDMEs held back by [`ClientCircuit::set_ack_limit`] now.
+    pub fn sendmes_held(&self) -> usize {
+        self.held_sendmes.len()
+    }
+
+    /// Queues the SENDME for the DATA received so far, or holds it past the ack limit.
+    fn acknowledge(&mut self, tag: SendmeTag) -> Result<(), CircError> {
+        let due_at = self.edge.data_received();
+        if self.held_sendmes.is_empty() && self.ack_limit.is_none_or(|l| due_at <= l) {
+            return self.queue_circuit_msg(&RelayMsg::Sendme(Sendme { tag }));
+        }
+        if self.held_sendmes.len() >= MAX_HELD_SENDMES {
+            return Err(CircError::Protocol {
+                what: "exit sent far past the acknowledged window",
+            });
+        }
+        self.held_sendmes.push_back((due_at, tag));
+        Ok(())
     }
 
     /// Whether cells are waiting for [`ClientCircuit::poll_cell`].

@@ -84,6 +84,11 @@ impl Edge {
         self.sendme_rx.on_data_received()
     }
 
+    /// DATA cells received so far (whatever their stream).
+    pub(crate) fn data_received(&self) -> u64 {
+        self.sendme_rx.received()
+    }
+
     /// Records the tag of a tracked cell as it is encrypted.
     pub(crate) fn track_sent(&mut self, tag: SendmeTag) {
         self.expected_sendmes.push_back(tag);
