@@ -407,13 +407,9 @@ async fn paid_circuits_on_real_ldk_nodes() {
 /// loopback speed (tens of MiB/s).
 const SLOW_RAIL: Duration = Duration::from_millis(1500);
 
-/// The first-payment race: on a rail whose keysends take `SLOW_RAIL`, a client downloads at
-/// once through its first circuit. Streams get a circuit only once every hop holds its first
-/// chunk (4 MiB at these prices), so the 2 MiB download is not cut. Without that the
-/// download passes the 256 KiB grace long before the first payments land and the guard
-/// ends the circuit (checked by reverting the wait in the circuit manager).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_wait_for_first_payments_on_a_slow_rail() {
+/// Three relays charging the default prices with a 256 KiB grace, paid over a memory rail
+/// whose keysends take `SLOW_RAIL`.
+async fn slow_rail_net() -> LocalNet {
     let rail = MemoryNetwork::new();
     rail.set_latency(SLOW_RAIL);
     let paid = PaidNet {
@@ -421,14 +417,45 @@ async fn streams_wait_for_first_payments_on_a_slow_rail() {
         grace_kib: 256,
         ..PaidNet::default()
     };
-    let net = LocalNet::start(LocalNetConfig {
+    LocalNet::start(LocalNetConfig {
         relays: 3,
         exits: 1,
         paid: Some(paid),
         ..LocalNetConfig::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// What each paid hop's ledger credited to the circuit that carried `client`'s stream, msat.
+fn credits_of_used_circuit(net: &LocalNet, client: &ClientHandle) -> Vec<u64> {
+    let ledgers = net.ledgers();
+    let used = client
+        .circuit_manager()
+        .circuits()
+        .into_iter()
+        .find(|c| c.streams_total > 0)
+        .expect("the download's circuit");
+    used.terms
+        .iter()
+        .flatten()
+        .map(|t| {
+            ledgers
+                .iter()
+                .map(|l| l.token_msat(&t.token).unwrap())
+                .sum()
+        })
+        .collect()
+}
+
+/// The first-payment race: on a rail whose keysends take `SLOW_RAIL`, a client downloads at
+/// once through its first circuit. Streams get a circuit only once every hop holds its first
+/// chunk (4 MiB at these prices), so the 2 MiB download is not cut. Without that the
+/// download passes the 256 KiB grace long before the first payments land and the guard
+/// ends the circuit (checked by reverting the wait in the circuit manager).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_wait_for_first_payments_on_a_slow_rail() {
+    let net = slow_rail_net().await;
     let client = net.the_client().unwrap();
     let got = download(&net, client, 2 * MIB).await;
     assert_eq!(
@@ -440,17 +467,7 @@ async fn streams_wait_for_first_payments_on_a_slow_rail() {
     let mgr = client.circuit_manager();
     assert_eq!(mgr.first_payment_failures(), 0);
     // Every circuit handed out was paid before use: each hop's ledger holds its first chunk.
-    let ledgers = net.ledgers();
-    let used = mgr
-        .circuits()
-        .into_iter()
-        .find(|c| c.streams_total > 0)
-        .expect("the download's circuit");
-    for t in used.terms.iter().flatten() {
-        let credit: u64 = ledgers
-            .iter()
-            .map(|l| l.token_msat(&t.token).unwrap())
-            .sum();
+    for credit in credits_of_used_circuit(&net, client) {
         assert!(credit >= 4_000, "hop credited {credit} msat");
     }
     net.shutdown().await;
@@ -458,44 +475,19 @@ async fn streams_wait_for_first_payments_on_a_slow_rail() {
 
 /// A download faster than its payments: on a rail whose keysends take `SLOW_RAIL`, a 16 MiB
 /// download passes its first chunk (4 MiB at these prices) long before the next payment can
-/// land. The client stops acknowledging the exit's data at what is paid, so the download waits for each payment instead of passing the 256 KiB grace and being cut
-/// by a hop (which is what happens without the limit: checked by lifting it in
+/// land. The client stops acknowledging the exit's data at what is paid, so the download
+/// waits for each payment instead of passing the 256 KiB grace and being cut by a hop (which is what happens without the limit: checked by lifting it in
 /// `CircuitInfo::set_allowance`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_faster_than_its_payments_waits_for_them() {
-    let rail = MemoryNetwork::new();
-    rail.set_latency(SLOW_RAIL);
-    let paid = PaidNet {
-        rails: Rails::Memory(rail),
-        grace_kib: 256,
-        ..PaidNet::default()
-    };
-    let net = LocalNet::start(LocalNetConfig {
-        relays: 3,
-        exits: 1,
-        paid: Some(paid),
-        ..LocalNetConfig::default()
-    })
-    .await
-    .unwrap();
+    let net = slow_rail_net().await;
     let client = net.the_client().unwrap();
     let got = download(&net, client, 16 * MIB).await;
     assert_eq!(got, Ok(16 * MIB), "the download was cut");
     assert_eq!(payment_required(&net), 0, "a relay cut a paid circuit");
     // It needed payments made while it ran: every hop of its circuit was paid for the
     // 16 MiB (1,000 msat/MiB) beyond its first chunk.
-    let ledgers = net.ledgers();
-    let used = client
-        .circuit_manager()
-        .circuits()
-        .into_iter()
-        .find(|c| c.streams_total > 0)
-        .expect("the download's circuit");
-    for t in used.terms.iter().flatten() {
-        let credit: u64 = ledgers
-            .iter()
-            .map(|l| l.token_msat(&t.token).unwrap())
-            .sum();
+    for credit in credits_of_used_circuit(&net, client) {
         assert!(credit >= 16_000, "hop credited {credit} msat");
     }
     net.shutdown().await;
