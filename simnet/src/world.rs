@@ -1785,7 +1785,9 @@ impl World {
                     }
                 }
                 // The circuit carries its stream from the build on (the client waits for
-                // `Ready` before handing a circuit to a stream; the simulator does not yet).
+                // `Ready` before handing a circuit to a stream; the simulator does not), but
+                // the payer's allowance holds the download at one congestion window, which
+                // the grace covers, until the first payments are confirmed.
                 PayerEvent::Ready => {}
                 PayerEvent::Rebuild { hop } | PayerEvent::FirstPaymentFailed { hop, .. } => {
                     // Payments to a hop keep failing: avoid it and build elsewhere.
