@@ -107,8 +107,8 @@ pub struct CircuitInfo {
     /// Each built hop's payment terms (`None`: the hop is free).
     terms: Mutex<Vec<Option<PaymentTerms>>>,
     /// Bytes of relay cell bodies (as counted in `cells`) the hops have been paid for
-    /// (`CircuitPayer::allowance_bytes`); `u64::MAX`: no limit. The task
-    /// stops acknowledging the exit's data and sending its own at this point.
+    /// (`CircuitPayer::allowance_bytes`); `u64::MAX`: no limit. The task stops
+    /// acknowledging the exit's data and sending its own at this point.
     allowance: AtomicU64,
     /// Wakes the task when `allowance` changed.
     allowance_changed: Notify,

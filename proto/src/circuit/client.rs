@@ -408,8 +408,8 @@ impl ClientCircuit {
     ///
     /// Why: the exit sends only within its congestion window of unacknowledged cells, so
     /// holding SENDMEs stops a download within one window. The client's payments use it to
-    /// keep a circuit from carrying more than its hops have been paid for (plus their grace)
-    /// while a payment is still on its way, instead of the hop tearing the circuit down.
+    /// keep a circuit from carrying more than its hops have been paid for while a payment is
+    /// still on its way, instead of a hop tearing the circuit down.
     pub fn set_ack_limit(&mut self, limit: Option<u64>) -> Result<(), CircError> {
         self.ack_limit = limit;
         while let Some(&(due_at, tag)) = self.held_sendmes.front() {
@@ -425,8 +425,8 @@ impl ClientCircuit {
     /// Limits what the circuit carries to `allowance` bytes of relay cell bodies in all
     /// (both directions, from its start; `None`: no limit), of which `carried_cells` cells
     /// have been carried: the room left, less the SENDMEs it takes, is applied to the exit's
-    /// DATA cells the client acknowledges ([`ClientCircuit::set_ack_limit`]). What the client itself sends is the
-    /// shell's to hold back.
+    /// DATA cells the client acknowledges ([`ClientCircuit::set_ack_limit`]). What the
+    /// client itself sends is the shell's to hold back.
     pub fn set_byte_allowance(
         &mut self,
         allowance: Option<u64>,
