@@ -50,16 +50,6 @@ pub fn price(terms: &PaymentTerms, bytes: u64, age: Duration) -> u64 {
     bytes_price(terms.msat_per_mib, bytes).saturating_add(time_price(terms.msat_per_min, age))
 }
 
-/// What a circuit may use unpaid under `terms`, in msat: `grace_kib` at the per-MiB price
-/// plus [`GRACE_TIME`] at the per-minute price.
-pub fn grace_msat(terms: &PaymentTerms) -> u64 {
-    bytes_price(
-        terms.msat_per_mib,
-        u64::from(terms.grace_kib).saturating_mul(1024),
-    )
-    .saturating_add(time_price(terms.msat_per_min, GRACE_TIME))
-}
-
 /// How many bytes `msat` buys at `msat_per_mib` (rounded down; `None`: bytes are free).
 pub fn bytes_for(msat_per_mib: u64, msat: u64) -> Option<u64> {
     (msat_per_mib > 0).then(|| sat_u64(u128::from(msat) * MIB / u128::from(msat_per_mib)))
@@ -125,7 +115,11 @@ impl Account {
 
     /// What the circuit may use unpaid, in msat.
     pub fn grace_msat(&self) -> u64 {
-        grace_msat(&self.terms)
+        bytes_price(
+            self.terms.msat_per_mib,
+            u64::from(self.terms.grace_kib).saturating_mul(1024),
+        )
+        .saturating_add(time_price(self.terms.msat_per_min, GRACE_TIME))
     }
 
     /// Whether the circuit may go on at `now`.
