@@ -477,6 +477,49 @@ pub fn with_stack(micro: &CpuCosts, whole: &Whole) -> CpuCosts {
     }
 }
 
+/// A scenario on the topology the agreement test compares with the real loopback network
+/// (simnet/scenarios/loopback.toml): 6 relays, all exits, `bandwidth_mbit` on every link, no
+/// propagation delay, one client downloading `bytes` over a new 3-hop circuit each time, back
+/// to back, for `duration_s`. Its `[cpu]` section is `host` (the `cores` and
+/// `shared_host_*` lines) followed by `costs`.
+pub fn loopback_scenario(
+    duration_s: u64,
+    bytes: u64,
+    bandwidth_mbit: f64,
+    host: &str,
+    costs: &CpuCosts,
+) -> Result<String, SimError> {
+    let costs = toml::to_string(costs).map_err(|e| SimError::Setup(format!("CPU costs: {e}")))?;
+    Ok(format!(
+        r#"
+name = "loopback"
+seed = 1
+duration_s = {duration_s}
+[relays]
+count = 6
+exit_fraction = 1.0
+bandwidth_mbit = [{bandwidth_mbit:?}, {bandwidth_mbit:?}]
+[clients]
+count = 1
+hops = 3
+bandwidth_mbit = {bandwidth_mbit:?}
+think_s = [0.01, 0.01]
+max_dirtiness_s = 0
+[[traffic]]
+name = "t"
+weight = 1
+bytes = [{bytes}, {bytes}]
+timeout_s = 60.0
+[topology]
+regions = [1.0]
+latency_ms = [[0.0]]
+server_latency_ms = 0.0
+[cpu]
+{host}
+{costs}"#
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,55 +590,14 @@ mod tests {
         };
         let c = with_stack(&micro, &whole);
         for host in [1, 2] {
-            let toml = format!(
-                r#"
-name = "chain"
-seed = 1
-duration_s = 1
-[relays]
-count = 6
-exit_fraction = 1.0
-bandwidth_mbit = [10000000.0, 10000000.0]
-[clients]
-count = 1
-hops = 3
-bandwidth_mbit = 10000000.0
-think_s = [0.01, 0.01]
-max_dirtiness_s = 0
-[[traffic]]
-name = "t"
-weight = 1
-bytes = [1, 1]
-timeout_s = 60.0
-[topology]
-regions = [1.0]
-latency_ms = [[0.0]]
-server_latency_ms = 0.0
-[cpu]
-cores = 2
-shared_host_cores = {host}
-layer_ns = {}
-link_msg_ns = {}
-link_cell_ns = {}
-client_create_ns = {}
-relay_accept_ns = {}
-client_finish_ns = {}
-link_handshake_ns = {}
-payment_ns = {}
-stack_cell_ns = {}
-stack_msg_ns = {}
-"#,
-                c.layer_ns,
-                c.link_msg_ns,
-                c.link_cell_ns,
-                c.client_create_ns,
-                c.relay_accept_ns,
-                c.client_finish_ns,
-                c.link_handshake_ns,
-                c.payment_ns,
-                c.stack_cell_ns,
-                c.stack_msg_ns,
-            );
+            let toml = loopback_scenario(
+                1,
+                1,
+                10_000_000.0,
+                &format!("cores = 2\nshared_host_cores = {host}"),
+                &c,
+            )
+            .unwrap();
             let o = crate::run(&toml, None, |_| {}).unwrap().outputs;
             let builds: Vec<f64> = o.circuits.iter().filter_map(|c| c.build_ms).collect();
             assert!(builds.len() >= 20, "{} builds", builds.len());

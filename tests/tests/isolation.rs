@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use onionvpn_simnet::calibrate::{cpu_share, measure, with_stack, Effort};
+use onionvpn_simnet::calibrate::{cpu_share, loopback_scenario, measure, with_stack, Effort};
 use onionvpn_simnet::cpu::CpuCosts;
 use onionvpn_tests::{simcal, socksc, LocalNet, LocalNetConfig};
 use tokio::io::AsyncWriteExt;
@@ -104,39 +104,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The same topology in simnet (simnet/scenarios/loopback.toml: no propagation delay, as
-/// crossing a loopback link is CPU time, which the link costs carry), with `cpu` as its
-/// `[cpu]` section: one run of 1-byte downloads, each on a new circuit (build times), one of
-/// `mib` MiB downloads (throughput). (build ms, MiB/s), medians.
-fn measure_sim(cpu: &str, mib: u64) -> (f64, f64) {
+/// crossing a loopback link is CPU time, which the link costs carry), with `host` and
+/// `costs` as its `[cpu]` section: one run of 1-byte downloads, each on a new circuit (build
+/// times), one of `mib` MiB downloads (throughput). (build ms, MiB/s), medians.
+fn measure_sim(host: &str, costs: &CpuCosts, mib: u64) -> (f64, f64) {
     let run = |duration: u64, bytes: u64| {
-        let scenario = format!(
-            r#"
-name = "loopback-agreement"
-seed = 1
-duration_s = {duration}
-[relays]
-count = 6
-exit_fraction = 1.0
-bandwidth_mbit = [10000.0, 10000.0]
-[clients]
-count = 1
-hops = 3
-bandwidth_mbit = 10000.0
-think_s = [0.01, 0.01]
-max_dirtiness_s = 0
-[[traffic]]
-name = "t"
-weight = 1
-bytes = [{bytes}, {bytes}]
-timeout_s = 60.0
-[topology]
-regions = [1.0]
-latency_ms = [[0.0]]
-server_latency_ms = 0.0
-[cpu]
-{cpu}
-"#
-        );
+        let scenario = loopback_scenario(duration, bytes, 10_000.0, host, costs).unwrap();
         onionvpn_simnet::run(&scenario, None, |_| {})
             .unwrap()
             .outputs
@@ -224,24 +197,9 @@ fn simnet_agrees_with_the_loopback_network() {
     };
     let c = with_stack(&micro, &real.whole);
     let (host, last) = host_cores(real.cores_busy, cores);
-    let cpu = format!(
-        "cores = {cores}\nshared_host_cores = {host}\nshared_host_last_core = {last}\n\
-         layer_ns = {}\n\
-         link_msg_ns = {}\nlink_cell_ns = {}\n\
-         client_create_ns = {}\nrelay_accept_ns = {}\nclient_finish_ns = {}\n\
-         link_handshake_ns = {}\npayment_ns = {}\nstack_cell_ns = {}\nstack_msg_ns = {}\n",
-        c.layer_ns,
-        c.link_msg_ns,
-        c.link_cell_ns,
-        c.client_create_ns,
-        c.relay_accept_ns,
-        c.client_finish_ns,
-        c.link_handshake_ns,
-        c.payment_ns,
-        c.stack_cell_ns,
-        c.stack_msg_ns,
-    );
-    let (sim_build, sim_rate) = measure_sim(&cpu, MIB);
+    let cpu =
+        format!("cores = {cores}\nshared_host_cores = {host}\nshared_host_last_core = {last}");
+    let (sim_build, sim_rate) = measure_sim(&cpu, &c, MIB);
     let (real_build, real_rate) = (real.build_ms, real.rate_mib_s);
     let (rb, rr) = (sim_build / real_build, sim_rate / real_rate);
     eprintln!(
@@ -249,7 +207,7 @@ fn simnet_agrees_with_the_loopback_network() {
          throughput real {real_rate:.1} MiB/s sim {sim_rate:.1} MiB/s (ratio {rr:.2}); \
          CPU share {share:.2}; real CPU per cell {:.0} ns (model without stack {:.0}), \
          per build {:.0} ns (model without stack {:.0}; wall {:.0} ns); cores busy in the \
-         transfers {:.2} (simulated host cores {host}, the last one {last:.2} of the time); costs {cpu:?}",
+         transfers {:.2} (simulated host cores {host}, the last one {last:.2} of the time); costs {c:?}",
         real.whole.cell_ns,
         real.whole.model_cell_ns(&micro),
         real.whole.build_ns,
