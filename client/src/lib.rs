@@ -16,6 +16,7 @@ pub mod payments;
 pub mod runtime;
 pub mod socks;
 pub mod socks_server;
+pub mod stall;
 pub mod status;
 pub mod tun;
 

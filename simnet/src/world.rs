@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use onionvpn_client::buildtime::{BuildTimeConfig, BuildTimeEstimator};
 use onionvpn_client::circmgr::hop_target;
+use onionvpn_client::stall::{StallConfig, StallWatch};
 use onionvpn_directory::descriptor::{
     DescriptorBody, IdentityKey, LinkKey, LnNodeId, OnionKey, Prices, ProtoVersion,
 };
@@ -100,6 +101,8 @@ enum Ev {
     Churn { relay: u32, up: bool },
     /// A circuit's payer asked to be polled now.
     PayerWake(u32),
+    /// A circuit's stall deadline (onionvpn-client's `StallWatch`).
+    StallCheck(u32),
 }
 
 /// Who holds an end of a link-circuit.
@@ -176,6 +179,11 @@ struct ClientCirc {
     cells: u64,
     /// The download on this circuit: (stream, download id, bytes received, first byte at).
     stream: Option<(StreamId, u64, u64, Option<u64>)>,
+    /// The client's stall detection (onionvpn-client): a download not yet complete is a
+    /// stream waiting for data.
+    watch: StallWatch,
+    /// When a StallCheck is scheduled, if one is.
+    stall_check: Option<u64>,
 }
 
 struct Client {
@@ -561,6 +569,7 @@ impl World {
             }
             Ev::Rail => self.on_rail(now),
             Ev::Churn { relay, up } => self.churn(now, relay, up),
+            Ev::StallCheck(cc) => self.stall_check(now, cc),
             Ev::PayerWake(cc) => {
                 if let Some(c) = self.ccircs.get_mut(&cc) {
                     if c.payer_wake == Some(now) {
@@ -1221,6 +1230,9 @@ impl World {
                 row,
                 cells: 0,
                 stream: None,
+                // Replaced when the circuit opens, with the timeout its build time gives.
+                watch: StallWatch::new(StallConfig::default().min_timeout),
+                stall_check: None,
             },
         );
         self.clients[c as usize].building = Some(id);
@@ -1239,6 +1251,9 @@ impl World {
         c.cells += 1;
         if let Some(p) = c.payer.as_mut() {
             p.carried(CELL_BODY_LEN as u64);
+        }
+        if matches!(kind, CellKind::Relay { .. }) {
+            c.watch.received(inst);
         }
         let layers = c.circ.hops_built();
         let client = c.client;
@@ -1370,6 +1385,7 @@ impl World {
         };
         c.opened = Some(now);
         let took = now - c.started;
+        c.watch = StallWatch::new(StallConfig::default().timeout(Duration::from_nanos(took)));
         let row = c.row;
         let client = c.client;
         // The hops that charge, for onionvpn-pay's payer.
@@ -1459,6 +1475,7 @@ impl World {
             Ok(s) => {
                 c.first_stream.get_or_insert(now);
                 c.stream = Some((s, dl.id, 0, None));
+                c.watch.wait(self.base + Duration::from_nanos(now));
             }
             Err(e) => {
                 self.client_circ_failed(now, cc, &e);
@@ -1466,6 +1483,7 @@ impl World {
             }
         }
         self.client_flush(now, cc);
+        self.arm_stall(cc);
     }
 
     fn client_connected(&mut self, now: u64, cc: u32, stream: StreamId) {
@@ -1497,6 +1515,7 @@ impl World {
         let Some((stream, dl_id, got, first)) = c.stream.take() else {
             return;
         };
+        c.watch.stop_waiting();
         let _ = c.circ.send_end(stream, EndReason::Done);
         let client = c.client;
         let circuit = cc;
@@ -1602,6 +1621,10 @@ impl World {
             if let Some(r) = c.hops.get(hop).copied() {
                 self.avoid(now, client, &[r]);
             }
+        } else if c.watch.blame_on_end() {
+            // It died while its download waited, after its hops were paid: a hop may have
+            // taken the payment and stopped; blame all of them as for a stall.
+            self.avoid(now, client, &c.hops);
         }
         let cl = &mut self.clients[client as usize];
         if cl.current == Some(cc) {
@@ -1703,6 +1726,47 @@ impl World {
         self.client_close(now, cc);
     }
 
+    /// Schedules a StallCheck at the circuit's stall deadline, unless one comes sooner.
+    fn arm_stall(&mut self, cc: u32) {
+        let base = self.base;
+        let Some(c) = self.ccircs.get_mut(&cc) else {
+            return;
+        };
+        let Some(d) = c.watch.deadline() else {
+            return;
+        };
+        let at = d.saturating_duration_since(base).as_nanos() as u64;
+        if c.stall_check.is_none_or(|t| at < t) {
+            c.stall_check = Some(at);
+            self.q.push(at, Ev::StallCheck(cc));
+        }
+    }
+
+    /// A circuit's stall deadline came: if nothing arrived while its download waited, give
+    /// it up and avoid all its hops (the client cannot tell which one stopped), as the
+    /// client's circuit task does; else wait for the next deadline.
+    fn stall_check(&mut self, now: u64, cc: u32) {
+        let inst = self.inst(now);
+        let Some(c) = self.ccircs.get_mut(&cc) else {
+            return;
+        };
+        if c.stall_check == Some(now) {
+            c.stall_check = None;
+        }
+        if !c.watch.is_stalled(inst) {
+            self.arm_stall(cc);
+            return;
+        }
+        let (hops, client, row) = (c.hops.clone(), c.client, c.row);
+        self.out.circuits[row].outcome = "closed: stalled".into();
+        self.client_stream_done(now, cc, Some("stalled".into()));
+        self.avoid(now, client, &hops);
+        if self.clients[client as usize].current == Some(cc) {
+            self.clients[client as usize].current = None;
+        }
+        self.client_close(now, cc);
+    }
+
     // ----- payments ----------------------------------------------------------------
 
     /// Polls the circuit's payer (onionvpn-pay) and sends what it orders through the rail.
@@ -1742,6 +1806,9 @@ impl World {
         for ev in events {
             match ev {
                 PayerEvent::Pay(order) => {
+                    if let Some(c) = self.ccircs.get_mut(&cc) {
+                        c.watch.paid();
+                    }
                     let node = self.clients[client as usize].node;
                     let now = self.cpu.run(node, cc, now, self.costs.payment_ns);
                     let hop = payer_hops.get(order.hop).copied().unwrap_or(0);
@@ -1794,6 +1861,11 @@ impl World {
                     let relay = payer_hops.get(hop).and_then(|h| hops.get(*h)).copied();
                     if let Some(r) = relay {
                         self.avoid(now, client, &[r]);
+                    }
+                    // Another hop may have taken its payment and stopped before this
+                    // showed (StallWatch::blame_on_end): avoid them all.
+                    if self.ccircs.get(&cc).is_some_and(|c| c.watch.blame_on_end()) {
+                        self.avoid(now, client, &hops);
                     }
                     if self.clients[client as usize].current == Some(cc) {
                         self.clients[client as usize].current = None;

@@ -62,15 +62,26 @@ fn overcharging_relay_is_avoided_once_detected() {
     assert!(refused > 0);
 }
 
-/// A relay that takes payment and stops relaying gets at most one chunk per circuit
-/// beyond what it had carried: the client pays ahead by one chunk (onionvpn-pay's payer),
-/// the circuit stalls, and the client avoids that relay. (Per circuit, not per client: a
-/// circuit can end for another reason first, e.g. the rail failing a payment to another
-/// hop, and then the client has not seen the stall and may build through the relay again.)
+/// A relay that takes payment and stops relaying costs each client at most one chunk (issue
+/// 6): the client pays ahead by one chunk (onionvpn-pay's payer), the relay stops, and the
+/// client avoids every hop of that circuit, whether it sees the circuit stall or the circuit
+/// ends first for another reason while a stream on it was still waiting for data
+/// (onionvpn-client's `StallWatch`; the argument is in docs/simnet.md). So no client pays a
+/// stopper on a second circuit, and no circuit pays it more than one chunk.
 #[test]
 fn take_payment_and_stop_costs_at_most_one_chunk() {
-    let o = run(include_str!("../scenarios/adv-take-payment.toml"));
-    let adv = adversaries(&o);
+    let text = include_str!("../scenarios/adv-take-payment.toml");
+    at_most_one_chunk_each(&run(text));
+    assert!(text.contains("failure = 0.01"));
+    // With 5 % of payments failing, circuits through a stopper often end for that reason
+    // before their stall shows (the client's circuit is closed for the failed payment to
+    // another hop): the case `StallWatch::blame_on_end` is for. Without it, 3 of 23 victims
+    // paid a stopper a second chunk here.
+    at_most_one_chunk_each(&run(&text.replace("failure = 0.01", "failure = 0.05")));
+}
+
+fn at_most_one_chunk_each(o: &Outputs) {
+    let adv = adversaries(o);
     let mut built: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     for c in o.circuits.iter().filter(|c| c.build_ms.is_some()) {
         for r in path(&c.path) {
@@ -96,11 +107,8 @@ fn take_payment_and_stop_costs_at_most_one_chunk() {
             );
         }
     }
-    // Almost every client loses at most one chunk to each adversary.
-    assert!(
-        once * 10 >= victims * 9,
-        "{once} of {victims} lost at most one chunk"
-    );
+    // Every client loses at most one chunk to each adversary.
+    assert_eq!(once, victims, "{once} of {victims} lost at most one chunk");
     assert!(victims > 10, "the scenario never exercised the adversary");
     // Honest relays were paid for real traffic.
     let honest: u64 = o
