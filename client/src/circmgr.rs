@@ -220,6 +220,25 @@ pub fn hop_target(d: &Descriptor, now: u64) -> Option<HopTarget> {
     })
 }
 
+/// The exit's largest congestion window a paying client asks for, in DATA cells (~510 KB of
+/// cell bodies): what the exit may send past the SENDMEs the client holds back at what it
+/// has paid (`ClientCircuit::set_byte_allowance`), so what a hop's grace must cover. Three
+/// times the window measured on loopback at full speed (~330 cells); it limits one circuit
+/// to ~5 MB/s at a 100 ms round trip.
+pub const PAID_WINDOW_CELLS: u32 = 1024;
+
+/// The circuit settings for a path of `hops`: `base`, asking the exit for
+/// [`PAID_WINDOW_CELLS`] if the client `pays` and some hop charges by the byte.
+pub fn circuit_config(base: &CircConfig, hops: &[HopTarget], pays: bool) -> CircConfig {
+    let charged = hops.iter().any(|h| h.offer.msat_per_mib > 0);
+    CircConfig {
+        window_limit: base
+            .window_limit
+            .or((pays && charged).then_some(PAID_WINDOW_CELLS)),
+        ..base.clone()
+    }
+}
+
 impl CircMgr {
     /// A manager over `relays` (may be empty: discovery adds to it), with the persisted
     /// `guards` and an optional cache to store new guards and descriptors in.
@@ -553,7 +572,8 @@ impl CircMgr {
             .map_err(|e| Attempt::Failed(format!("open circuit: {e}")))?;
         let (circ, create) = {
             let mut rng = rand::rng();
-            ClientCircuit::new(&mut rng, hops, self.cfg.circuit.clone())
+            let config = circuit_config(&self.cfg.circuit, &hops, self.payments.is_some());
+            ClientCircuit::new(&mut rng, hops, config)
                 .map_err(|e| Attempt::Failed(format!("circuit state: {e}")))?
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

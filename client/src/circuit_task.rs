@@ -112,6 +112,9 @@ pub struct CircuitInfo {
     allowance: AtomicU64,
     /// Wakes the task when `allowance` changed.
     allowance_changed: Notify,
+    /// The exit's confirmed window in bytes (`ClientCircuit::exit_window_bytes`);
+    /// `u64::MAX`: none. Set once the circuit is open.
+    exit_window: AtomicU64,
 }
 
 impl CircuitInfo {
@@ -160,6 +163,12 @@ impl CircuitInfo {
         if self.allowance.swap(bytes, Ordering::Relaxed) != bytes {
             self.allowance_changed.notify_one();
         }
+    }
+    /// What the exit may send past the last acknowledged cell, in bytes of relay cell
+    /// bodies, as it confirmed when the circuit opened (`None`: not confirmed).
+    pub fn exit_window_bytes(&self) -> Option<u64> {
+        let w = self.exit_window.load(Ordering::Relaxed);
+        (w != u64::MAX).then_some(w)
     }
     /// Whether the circuit has used up what its hops have been paid for.
     fn over_allowance(&self) -> bool {
@@ -433,6 +442,7 @@ pub(crate) fn spawn_circuit(
         terms: Mutex::new(Vec::new()),
         allowance: AtomicU64::new(u64::MAX),
         allowance_changed: Notify::new(),
+        exit_window: AtomicU64::new(u64::MAX),
     });
     let (tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (build_tx, build_rx) = oneshot::channel();
@@ -646,6 +656,8 @@ impl Task {
                     .push(terms);
                 self.info.hops_built.store(hop + 1, Ordering::Relaxed);
                 if open {
+                    let window = self.circ.exit_window_bytes().unwrap_or(u64::MAX);
+                    self.info.exit_window.store(window, Ordering::Relaxed);
                     self.info.open.store(true, Ordering::Relaxed);
                     if let Some(tx) = self.build_tx.take() {
                         let _ = tx.send(Ok(self.info.started.elapsed()));

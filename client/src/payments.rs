@@ -302,7 +302,7 @@ impl ClientPayments {
             }
             // Past what is paid the circuit waits for the payment on its way rather than
             // outrun it (and be torn down by the hop).
-            info.set_allowance(payer.allowance_bytes(now));
+            info.set_allowance(payer.allowance_bytes(now, info.exit_window_bytes()));
             let wait = payer
                 .next_deadline(now)
                 .map_or(TICK, |d| d.saturating_duration_since(now).min(TICK));

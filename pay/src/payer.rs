@@ -405,17 +405,20 @@ impl CircuitPayer {
     }
 
     /// The bytes the circuit may have carried in all (relay cell bodies, both directions, as
-    /// the hops count them) at `now` before some hop's use passes what it has been paid
-    /// (confirmed payments only); `None` if no hop charges by the byte or the payer has
-    /// stopped (then the hops' own enforcement ends the circuit rather than leave it waiting
-    /// for payments that will not come).
+    /// the hops count them) at `now` before the exit's data still on its way could take some
+    /// hop past what it has been paid (confirmed payments only) and half its grace; `None` if
+    /// no hop charges by the byte or the payer has stopped (then the hops' own enforcement
+    /// ends the circuit rather than leave it waiting for payments that will not come).
     ///
     /// The client stops acknowledging the exit's data at this point
     /// (`ClientCircuit::set_byte_allowance`), so a download waits for a payment still on its
-    /// way instead of outrunning it and being torn down by the hop. The hops' grace is left
-    /// for the cells already on their way when it stops: up to the exit's congestion window,
-    /// measured at 330 cells (165 KiB) on loopback, more than half a 256 KiB grace.
-    pub fn allowance_bytes(&self, now: Instant) -> Option<u64> {
+    /// way instead of outrunning it and being torn down by the hop. The exit may still send
+    /// a congestion window's worth past the last acknowledgement: `exit_window_bytes`, the
+    /// window the exit confirmed (`ClientCircuit::exit_window`, in bytes). For a hop whose
+    /// grace is twice that window this is exactly what it was paid; a smaller grace stops
+    /// the download earlier. With no confirmed window the limit is what was paid, and the
+    /// hops' grace must cover the exit's window (it does on loopback: ~330 cells, 165 KiB).
+    pub fn allowance_bytes(&self, now: Instant, exit_window_bytes: Option<u64>) -> Option<u64> {
         if self.stopped {
             return None;
         }
@@ -427,7 +430,13 @@ impl CircuitPayer {
                 let limit = h
                     .confirmed_msat
                     .saturating_sub(time_price(t.msat_per_min, age));
-                bytes_for(t.msat_per_mib, limit)
+                let paid = bytes_for(t.msat_per_mib, limit)?;
+                Some(match exit_window_bytes {
+                    Some(window) => paid
+                        .saturating_add(u64::from(t.grace_kib) * 512)
+                        .saturating_sub(window),
+                    None => paid,
+                })
             })
             .min()
     }
@@ -808,7 +817,7 @@ mod tests {
         let mut p = CircuitPayer::new(cfg(), &hops, &CAP, t0, &mut rng).unwrap();
         let mut b = Budget::new(None, 0);
         // Nothing confirmed: nothing.
-        assert_eq!(p.allowance_bytes(t0), Some(0));
+        assert_eq!(p.allowance_bytes(t0, None), Some(0));
         // First payments go after their jitter (≤ 300 ms).
         let t1 = t0 + Duration::from_secs(1);
         p.poll(t0, &mut b, &mut rng);
@@ -818,10 +827,22 @@ mod tests {
             p.on_result(o.id, PayResult::Sent { fee_msat: 0 }, t1, &mut b, &mut rng);
         }
         // One chunk (1000 msat) each: 1 MiB at hop 0, 0.5 MiB at hop 1.
-        assert_eq!(p.allowance_bytes(t1), Some(1 << 19));
+        assert_eq!(p.allowance_bytes(t1, None), Some(1 << 19));
+        // The exit's window must fit in half a hop's grace (128 KiB here): a 64 KiB window
+        // leaves 64 KiB of it to use; a 256 KiB one stops 128 KiB short of what was paid.
+        assert_eq!(
+            p.allowance_bytes(t1, Some(64 << 10)),
+            Some((1 << 19) + (64 << 10))
+        );
+        assert_eq!(
+            p.allowance_bytes(t1, Some(256 << 10)),
+            Some((1 << 19) - (128 << 10))
+        );
+        // A window past what was paid and half the grace: nothing.
+        assert_eq!(p.allowance_bytes(t1, Some(1 << 20)), Some(0));
         // A free-by-the-byte circuit has no allowance.
         let free = CircuitPayer::new(cfg(), &[hop(4, 0, 60)], &CAP, t0, &mut rng).unwrap();
-        assert_eq!(free.allowance_bytes(t0), None);
+        assert_eq!(free.allowance_bytes(t0, Some(1 << 20)), None);
         // The per-minute price eats into it: a minute at 60 msat/min is 60 msat less.
         let per_min = [hop(5, 1000, 60)];
         let mut q = CircuitPayer::new(cfg(), &per_min, &CAP, t0, &mut rng).unwrap();
@@ -829,8 +850,10 @@ mod tests {
         for o in orders(&q.poll(t1, &mut b, &mut rng)) {
             q.on_result(o.id, PayResult::Sent { fee_msat: 0 }, t1, &mut b, &mut rng);
         }
-        let a0 = q.allowance_bytes(t1).unwrap();
-        let a1 = q.allowance_bytes(t1 + Duration::from_secs(60)).unwrap();
+        let a0 = q.allowance_bytes(t1, None).unwrap();
+        let a1 = q
+            .allowance_bytes(t1 + Duration::from_secs(60), None)
+            .unwrap();
         assert!(a1 > 0);
         // (Each side rounds down on its own: one byte either way.)
         assert!(

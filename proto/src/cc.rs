@@ -73,6 +73,10 @@ pub struct VegasParams {
     pub cwnd_inc_rate: u64,
     /// Slow start ends at the latest when cwnd reaches this (Tor's `cc_ss_max`).
     pub ss_max: u64,
+    /// Largest congestion window (Tor's `cc_cwnd_max`). On a paid circuit the client asks
+    /// the exit for one ([`crate::ext::WindowLimit`]): what the exit may send past the last
+    /// acknowledged cell bounds how far a download overruns what the client has paid.
+    pub cwnd_max: u64,
     /// Above this cwnd, slow start is "limited" (RFC 3742): it grows by at most
     /// `limited_ss_cap / 2` cells per round trip instead of doubling.
     pub limited_ss_cap: u64,
@@ -106,6 +110,7 @@ impl Default for VegasParams {
             cwnd_inc: 31,
             cwnd_inc_rate: 1,
             ss_max: 5000,
+            cwnd_max: u64::from(u32::MAX),
             limited_ss_cap: 600,
             alpha: 2 * OUTBUF_CELLS,
             beta: 4 * OUTBUF_CELLS,
@@ -133,6 +138,9 @@ impl VegasParams {
         if self.cwnd_init < self.cwnd_min || self.ss_max < self.cwnd_init {
             return bad("need cwnd_min ≤ cwnd_init ≤ ss_max");
         }
+        if self.cwnd_max < self.cwnd_init {
+            return bad("need cwnd_init ≤ cwnd_max");
+        }
         if self.cwnd_inc == 0 || self.cwnd_inc_rate == 0 {
             return bad("cwnd_inc and cwnd_inc_rate must be positive");
         }
@@ -150,7 +158,8 @@ impl VegasParams {
         self.sendme_inc = self.sendme_inc.max(1);
         let inc = u64::from(self.sendme_inc);
         self.cwnd_min = self.cwnd_min.max(inc);
-        self.cwnd_init = self.cwnd_init.max(self.cwnd_min);
+        self.cwnd_max = self.cwnd_max.max(self.cwnd_min);
+        self.cwnd_init = self.cwnd_init.clamp(self.cwnd_min, self.cwnd_max);
         self.ss_max = self.ss_max.max(self.cwnd_init);
         self.cwnd_inc = self.cwnd_inc.max(1);
         self.cwnd_inc_rate = self.cwnd_inc_rate.max(1);
@@ -349,7 +358,7 @@ impl Vegas {
                 self.cwnd += self.p.cwnd_inc;
             }
         }
-        self.cwnd = self.cwnd.max(self.p.cwnd_min);
+        self.cwnd = self.cwnd.clamp(self.p.cwnd_min, self.p.cwnd_max);
     }
 
     /// Growth per SENDME in slow start: one SENDME's cells (doubling per round trip), or
@@ -574,6 +583,58 @@ mod tests {
         let v = Vegas::new(p);
         v.params().validate().unwrap();
         assert!(v.cwnd() >= v.params().cwnd_min);
+    }
+
+    /// A sender that keeps its window full on a path with a constant RTT grows its window
+    /// (slow start) until `cwnd_max`, and never has more than that in flight.
+    #[test]
+    fn the_window_never_passes_cwnd_max() {
+        let cap = 200;
+        let mut v = Vegas::new(VegasParams {
+            cwnd_max: cap,
+            ..VegasParams::default()
+        });
+        let mut grew_to_cap = false;
+        let mut t = Instant::now();
+        for _round in 0..50 {
+            let mut sent = 0;
+            while v.can_send() {
+                v.on_data_sent(t);
+                sent += 1;
+            }
+            assert!(v.inflight() <= cap, "{} cells in flight", v.inflight());
+            t += Duration::from_millis(10);
+            for _ in 0..sent / u64::from(v.params().sendme_inc) {
+                v.on_sendme(t).unwrap();
+            }
+            grew_to_cap |= v.cwnd() == cap;
+            assert!(v.cwnd() <= cap);
+        }
+        // Without the cap the same path takes the window far beyond it.
+        assert!(grew_to_cap, "the window never reached the cap");
+        let mut free = Vegas::new(VegasParams::default());
+        for _round in 0..50 {
+            let mut sent = 0;
+            while free.can_send() && sent < 100_000 {
+                free.on_data_sent(t);
+                sent += 1;
+            }
+            t += Duration::from_millis(10);
+            for _ in 0..sent / u64::from(free.params().sendme_inc) {
+                free.on_sendme(t).unwrap();
+            }
+        }
+        assert!(free.cwnd() > 2 * cap, "uncapped window {}", free.cwnd());
+    }
+
+    #[test]
+    fn a_cwnd_max_below_the_initial_window_lowers_it() {
+        let v = Vegas::new(VegasParams {
+            cwnd_max: 62,
+            ..VegasParams::default()
+        });
+        assert_eq!(v.cwnd(), 62);
+        v.params().validate().unwrap();
     }
 
     #[test]

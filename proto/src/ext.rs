@@ -16,6 +16,8 @@ pub const EXT_PAYMENT_TERMS: u8 = 2;
 pub const EXT_CONGESTION_CONTROL: u8 = 3;
 /// Item type: [`ProtocolVersions`] (both ways).
 pub const EXT_PROTOCOL_VERSIONS: u8 = 4;
+/// Item type: [`WindowLimit`] (client's request in CREATE, the relay's value in CREATED).
+pub const EXT_WINDOW_LIMIT: u8 = 5;
 
 /// Body length of a [`PaymentOffer`] item.
 pub const PAYMENT_OFFER_LEN: usize = 16;
@@ -23,6 +25,8 @@ pub const PAYMENT_OFFER_LEN: usize = 16;
 pub const PAYMENT_TERMS_LEN: usize = 8 + 8 + 4 + PAYMENT_TOKEN_LEN; // 36
 /// Body length of a [`CongestionControl`] item.
 pub const CONGESTION_CONTROL_LEN: usize = 1;
+/// Body length of a [`WindowLimit`] item.
+pub const WINDOW_LIMIT_LEN: usize = 4;
 /// Length of a payment token.
 pub const PAYMENT_TOKEN_LEN: usize = 16;
 /// Most (protocol, version) pairs in a [`ProtocolVersions`] item. With it every
@@ -99,6 +103,17 @@ pub struct CongestionControl {
     pub sendme_inc: u8,
 }
 
+/// The largest congestion window, in DATA cells, the relay may use if it becomes the exit
+/// (type 5). Body: `cells u32`. The client asks for it on circuits it pays for: it holds back
+/// the SENDMEs past what it has paid, so what the exit sends beyond that — at most this
+/// window — is what a hop's grace must cover (docs/spec.md, "Paying ahead"). The relay
+/// answers with the window it applies (at least its smallest congestion window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WindowLimit {
+    /// Most DATA cells in flight toward the client.
+    pub cells: u32,
+}
+
 /// One supported version of one subprotocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProtocolVersion {
@@ -149,6 +164,7 @@ pub struct Extensions {
     payment_terms: Option<PaymentTerms>,
     congestion_control: Option<CongestionControl>,
     protocol_versions: Option<ProtocolVersions>,
+    window_limit: Option<WindowLimit>,
 }
 
 impl Extensions {
@@ -177,6 +193,11 @@ impl Extensions {
         self.protocol_versions.as_ref()
     }
 
+    /// The window limit, if present.
+    pub fn window_limit(&self) -> Option<WindowLimit> {
+        self.window_limit
+    }
+
     /// Sets (or clears) the payment offer.
     pub fn set_payment_offer(&mut self, v: Option<PaymentOffer>) -> &mut Self {
         self.payment_offer = v;
@@ -198,6 +219,12 @@ impl Extensions {
     /// Sets (or clears) the protocol versions.
     pub fn set_protocol_versions(&mut self, v: Option<ProtocolVersions>) -> &mut Self {
         self.protocol_versions = v;
+        self
+    }
+
+    /// Sets (or clears) the window limit.
+    pub fn set_window_limit(&mut self, v: Option<WindowLimit>) -> &mut Self {
+        self.window_limit = v;
         self
     }
 
@@ -230,6 +257,9 @@ impl Extensions {
         if let Some(v) = &self.protocol_versions {
             let flat: Vec<u8> = v.0.iter().flat_map(|p| [p.id, p.version]).collect();
             item(&mut out, EXT_PROTOCOL_VERSIONS, &[&flat]);
+        }
+        if let Some(w) = self.window_limit {
+            item(&mut out, EXT_WINDOW_LIMIT, &[&w.cells.to_be_bytes()]);
         }
         out
     }
@@ -296,6 +326,11 @@ impl Extensions {
                         ty,
                         ProtocolVersions::new(pairs)?,
                     )?;
+                }
+                EXT_WINDOW_LIMIT => {
+                    let b: [u8; WINDOW_LIMIT_LEN] = fixed(ty, body)?;
+                    let cells = u32::from_be_bytes(b);
+                    once(&mut ext.window_limit, ty, WindowLimit { cells })?;
                 }
                 _ => {} // unknown: skipped
             }
@@ -371,6 +406,27 @@ mod tests {
         assert_eq!(
             Extensions::parse(&[3, 1, 5, 3, 1, 6]),
             Err(ExtError::Duplicate(3))
+        );
+    }
+
+    #[test]
+    fn window_limit_is_a_big_endian_u32_of_fixed_length() {
+        let mut e = Extensions::new();
+        e.set_window_limit(Some(WindowLimit { cells: 0x0102_0304 }));
+        let b = e.encode();
+        assert_eq!(b, [5, 4, 1, 2, 3, 4]);
+        assert_eq!(Extensions::parse(&b), Ok(e));
+        assert_eq!(
+            Extensions::parse(&[5, 2, 1, 2]),
+            Err(ExtError::BadLength {
+                ty: 5,
+                len: 2,
+                expected: 4
+            })
+        );
+        assert_eq!(
+            Extensions::parse(&[5, 4, 0, 0, 1, 0, 5, 4, 0, 0, 2, 0]),
+            Err(ExtError::Duplicate(5))
         );
     }
 }

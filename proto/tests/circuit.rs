@@ -78,6 +78,10 @@ struct Net {
 impl Net {
     /// Three relays; the client starts building through them.
     fn new(seed: u64, policy: RelayPolicy) -> Net {
+        Net::with_config(seed, policy, ClientConfig::default())
+    }
+
+    fn with_config(seed: u64, policy: RelayPolicy, config: ClientConfig) -> Net {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut relays = Vec::new();
         let mut path = Vec::new();
@@ -104,7 +108,7 @@ impl Net {
                 circ: None,
             });
         }
-        let (client, create) = ClientCircuit::new(&mut rng, path, ClientConfig::default()).unwrap();
+        let (client, create) = ClientCircuit::new(&mut rng, path, config).unwrap();
         let mut net = Net {
             rng,
             now: Instant::now(),
@@ -570,5 +574,60 @@ fn held_acknowledgements_stop_the_exit_within_its_window_and_release_in_order() 
     assert!(
         bytes_of(&net.apps.at_client, s) == down.as_slice(),
         "download intact"
+    );
+}
+
+#[test]
+fn the_exit_keeps_to_the_window_the_client_asked_for() {
+    let asking = |seed, cells| {
+        let config = ClientConfig {
+            window_limit: Some(cells),
+            ..ClientConfig::default()
+        };
+        let mut net = Net::with_config(seed, RelayPolicy::default(), config);
+        net.pump();
+        assert!(net.client.is_open(), "{:?}", net.failed);
+        net
+    };
+    // Below the initial window (124 cells), so the cap shows at once.
+    let mut net = asking(12, 64);
+    assert_eq!(
+        net.client.exit_window_bytes(),
+        Some(64 * CELL_BODY_LEN as u64)
+    );
+    assert_eq!(net.exit().cc().params().cwnd_max, 64);
+    // With every acknowledgement held, the exit sends exactly its window.
+    let s = net.open_stream();
+    net.client.set_ack_limit(Some(0)).unwrap();
+    let down = random_bytes(&mut net.rng, 1 << 20);
+    let mut d = 0;
+    for _ in 0..1000 {
+        let now = net.now;
+        let before = d;
+        while d < down.len() && net.exit().can_send(s) {
+            d += net.exit().send_data(s, &down[d..], now).unwrap();
+        }
+        net.pump();
+        if d == before {
+            break;
+        }
+    }
+    assert!(net.failed.is_none(), "{:?}", net.failed);
+    assert_eq!(net.client.data_cells_received(), 64);
+
+    // A window below the exit's smallest is raised to it, and the client learns so.
+    let net = asking(13, 1);
+    let floor = RelayPolicy::default().vegas.cwnd_min;
+    assert_eq!(
+        net.client.exit_window_bytes(),
+        Some(floor * CELL_BODY_LEN as u64)
+    );
+    // Not asked: none confirmed, and the exit keeps its own.
+    let mut net = Net::new(14, RelayPolicy::default());
+    net.pump();
+    assert_eq!(net.client.exit_window_bytes(), None);
+    assert_eq!(
+        net.exit().cc().params().cwnd_max,
+        RelayPolicy::default().vegas.cwnd_max
     );
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use onionvpn_client::buildtime::{BuildTimeConfig, BuildTimeEstimator};
-use onionvpn_client::circmgr::hop_target;
+use onionvpn_client::circmgr::{circuit_config, hop_target};
 use onionvpn_client::stall::{StallConfig, StallWatch};
 use onionvpn_directory::descriptor::{
     DescriptorBody, IdentityKey, LinkKey, LnNodeId, OnionKey, Prices, ProtoVersion,
@@ -1180,8 +1180,9 @@ impl World {
             self.client_dl_failed(now, c, "path: no valid onion key");
             return;
         };
-        let (circ, create) = match ClientCircuit::new(&mut cl.rng, targets, ClientConfig::default())
-        {
+        // Simulated clients pay every hop that charges, as the client with a wallet does.
+        let config = circuit_config(&ClientConfig::default(), &targets, true);
+        let (circ, create) = match ClientCircuit::new(&mut cl.rng, targets, config) {
             Ok(x) => x,
             Err(e) => {
                 self.client_dl_failed(now, c, &format!("circuit: {e}"));
@@ -1782,10 +1783,10 @@ impl World {
         let cl = &mut self.clients[client as usize];
         let events = payer.poll(inst, &mut cl.budget, &mut cl.rng);
         // As the client does: past what is paid, wait for the payment on its way.
-        if let Err(e) = c
-            .circ
-            .set_byte_allowance(payer.allowance_bytes(inst), c.cells)
-        {
+        if let Err(e) = c.circ.set_byte_allowance(
+            payer.allowance_bytes(inst, c.circ.exit_window_bytes()),
+            c.cells,
+        ) {
             self.client_circ_failed(now, cc, &e);
             return;
         }

@@ -12,7 +12,7 @@ use crate::cell::{ChanCmd, Create, Created, HandshakeType};
 use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
 use crate::crypto::handshake::{client_handshake, ClientHandshake, OnionPublicKey};
 use crate::crypto::layer::ClientCircuitCrypto;
-use crate::ext::{CongestionControl, Extensions, PaymentOffer, PaymentTerms};
+use crate::ext::{CongestionControl, Extensions, PaymentOffer, PaymentTerms, WindowLimit};
 use crate::relaymsg::{
     Begin, BeginFlags, ClientBound, EndReason, Extend, RelayMsg, Sendme, StreamId, Target,
 };
@@ -45,6 +45,11 @@ pub struct ClientConfig {
     pub vegas: VegasParams,
     /// Most streams open at once on this circuit.
     pub max_streams: usize,
+    /// The largest congestion window (DATA cells) to ask of the exit
+    /// ([`crate::ext::WindowLimit`]); `None`: ask for none. A paying client asks for one so
+    /// that what the exit sends past the SENDMEs it holds back is bounded
+    /// ([`ClientCircuit::set_byte_allowance`]).
+    pub window_limit: Option<u32>,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +57,7 @@ impl Default for ClientConfig {
         ClientConfig {
             vegas: VegasParams::default(),
             max_streams: 1024,
+            window_limit: None,
         }
     }
 }
@@ -154,6 +160,8 @@ pub struct ClientCircuit {
     early_left: usize,
     queue: VecDeque<Queued>,
     next_stream: u16,
+    /// The exit's largest congestion window, as it confirmed it (`None`: it gave none).
+    exit_window: Option<u64>,
     /// Congestion-control parameters; `sendme_inc` is replaced by the exit's confirmed value.
     vegas: VegasParams,
     /// Streams and congestion control toward the exit.
@@ -197,7 +205,8 @@ impl ClientCircuit {
         }
         let mut handshakes = Vec::with_capacity(path.len());
         for (hop, target) in path.iter().enumerate() {
-            handshakes.push(Some(start_handshake(rng, target, &config, hop)?));
+            let is_exit = hop + 1 == path.len();
+            handshakes.push(Some(start_handshake(rng, target, &config, hop, is_exit)?));
         }
         let (pending, hdata) = take_handshake(&mut handshakes, 0)?;
         let mut body = [0u8; CELL_BODY_LEN];
@@ -219,6 +228,7 @@ impl ClientCircuit {
             path,
             ack_limit: None,
             held_sendmes: VecDeque::new(),
+            exit_window: None,
         };
         Ok((circ, body))
     }
@@ -445,6 +455,14 @@ impl ClientCircuit {
         self.set_ack_limit(limit)
     }
 
+    /// The most the exit may have in flight toward the client, in relay cell bodies' bytes
+    /// (as [`ClientCircuit::set_byte_allowance`] counts): the window the exit confirmed when
+    /// the circuit opened (`None`: not asked for, or not confirmed).
+    pub fn exit_window_bytes(&self) -> Option<u64> {
+        self.exit_window
+            .map(|cells| cells.saturating_mul(CELL_BODY_LEN as u64))
+    }
+
     /// DATA cells received from the exit so far (whatever their stream).
     pub fn data_cells_received(&self) -> u64 {
         self.edge.data_received()
@@ -556,6 +574,14 @@ impl ClientCircuit {
                 sendme_inc: inc,
                 ..self.vegas.clone()
             });
+            self.exit_window = match ext.window_limit() {
+                Some(w) if w.cells == 0 => {
+                    return Err(CircError::Protocol {
+                        what: "exit confirmed a window of 0 cells",
+                    })
+                }
+                w => w.map(|w| u64::from(w.cells)),
+            };
         } else {
             self.extend_to(hop + 1)?;
         }
@@ -610,12 +636,20 @@ fn start_handshake<R: CryptoRng + ?Sized>(
     target: &HopTarget,
     config: &ClientConfig,
     hop: usize,
+    is_exit: bool,
 ) -> Result<(ClientHandshake, Vec<u8>), CircError> {
     let mut ext = Extensions::new();
     ext.set_payment_offer(Some(target.offer))
         .set_congestion_control(Some(CongestionControl {
             sendme_inc: config.vegas.sendme_inc,
-        }));
+        }))
+        // Only the exit sends DATA toward the client.
+        .set_window_limit(
+            config
+                .window_limit
+                .filter(|_| is_exit)
+                .map(|cells| WindowLimit { cells }),
+        );
     client_handshake(rng, &target.identity, &target.onion_key, &ext.encode())
         .map_err(|source| CircError::Handshake { hop, source })
 }

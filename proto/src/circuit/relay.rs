@@ -12,7 +12,9 @@ use crate::cell::{ChanCmd, Create, Created};
 use crate::consts::{CELL_BODY_LEN, MAX_HOPS, RELAY_PAYLOAD_LEN, RELAY_TAG_LEN};
 use crate::crypto::handshake::{relay_handshake_accept, OnionSecretKey, ReplayCache};
 use crate::crypto::layer::{Recognized, RelayCircuitCrypto};
-use crate::ext::{CongestionControl, Extensions, PaymentTerms, PaymentToken, PAYMENT_TOKEN_LEN};
+use crate::ext::{
+    CongestionControl, Extensions, PaymentTerms, PaymentToken, WindowLimit, PAYMENT_TOKEN_LEN,
+};
 use crate::relaymsg::{
     BeginFlags, Connected, EndReason, Extended, RelayBound, RelayMsg, Sendme, StreamId, Target,
 };
@@ -213,11 +215,19 @@ impl RelayCircuit {
             .congestion_control()
             .map_or(crate::cc::DEFAULT_SENDME_INC, |c| c.sendme_inc)
             .clamp(lo, hi);
+        // A window the client asked for, within ours and never below the smallest window.
+        let cwnd_max = ext_c.window_limit().map(|w| {
+            let floor = policy.vegas.cwnd_min.max(u64::from(sendme_inc));
+            u64::from(w.cells).min(policy.vegas.cwnd_max).max(floor)
+        });
 
         let mut ext_s = Extensions::new();
         ext_s
             .set_payment_terms(terms)
-            .set_congestion_control(Some(CongestionControl { sendme_inc }));
+            .set_congestion_control(Some(CongestionControl { sendme_inc }))
+            .set_window_limit(cwnd_max.map(|c| WindowLimit {
+                cells: u32::try_from(c).unwrap_or(u32::MAX),
+            }));
         let (hdata, hop_keys) = pending
             .reply(rng, &ext_s.encode())
             .map_err(|source| CircError::Handshake { hop: 0, source })?;
@@ -235,6 +245,7 @@ impl RelayCircuit {
             edge: Edge::new(
                 VegasParams {
                     sendme_inc,
+                    cwnd_max: cwnd_max.unwrap_or(policy.vegas.cwnd_max),
                     ..policy.vegas.clone()
                 },
                 policy.max_streams,
