@@ -125,7 +125,9 @@ pub struct Outputs {
     /// The payment chunk (the most a client keeps paid ahead per hop), msat.
     pub chunk_msat: u64,
     /// Per client: msat paid per relay on circuits that relay stopped relaying (take
-    /// payment and stop), beyond what those circuits had carried when it stopped.
+    /// payment and stop), beyond what those circuits had carried when it stopped; counted
+    /// for the circuits on which a download went unserved at the stop or later (the others'
+    /// downloads were all served: the rest of their chunk is what an honest relay keeps).
     pub lost_to: Vec<Vec<(u32, u64)>>,
     /// Events handled.
     pub events: u64,

@@ -184,6 +184,8 @@ struct ClientCirc {
     watch: StallWatch,
     /// When a StallCheck is scheduled, if one is.
     stall_check: Option<u64>,
+    /// The payment tokens of its paid hops (for `World::unserved_at`).
+    tokens: Vec<[u8; 16]>,
 }
 
 struct Client {
@@ -239,8 +241,12 @@ pub struct World {
     rail: SimRail,
     pending_pay: HashMap<onionvpn_pay::PaymentId, PendingPay>,
     ln_to_relay: HashMap<NodeId, u32>,
-    /// What each stopped circuit (take-payment-and-stop) was owed when it stopped, by token.
-    owed_at_stop: HashMap<[u8; 16], u64>,
+    /// What each stopped circuit (take-payment-and-stop) was owed when it stopped, and when
+    /// it stopped, by token.
+    owed_at_stop: HashMap<[u8; 16], (u64, u64)>,
+    /// By token of a paid hop: the last time a download on the hop's circuit ended unserved
+    /// (failed, stalled, timed out, or still waiting at the end).
+    unserved_at: HashMap<[u8; 16], u64>,
     next_id: u32,
     next_dl: u64,
     /// Outputs collected during the run.
@@ -509,6 +515,7 @@ impl World {
             pending_pay: HashMap::new(),
             ln_to_relay,
             owed_at_stop: HashMap::new(),
+            unserved_at: HashMap::new(),
             next_id: 1,
             next_dl: 0,
             out: Outputs::default(),
@@ -1234,6 +1241,7 @@ impl World {
                 // Replaced when the circuit opens, with the timeout its build time gives.
                 watch: StallWatch::new(StallConfig::default().min_timeout),
                 stall_check: None,
+                tokens: Vec::new(),
             },
         );
         self.clients[c as usize].building = Some(id);
@@ -1392,6 +1400,7 @@ impl World {
         // The hops that charge, for onionvpn-pay's payer.
         let mut specs = Vec::new();
         let mut payer_hops = Vec::new();
+        c.tokens = c.circ.terms().iter().flatten().map(|t| t.token.0).collect();
         for (i, t) in c.circ.terms().iter().enumerate() {
             if let (Some(t), Some(r)) = (t, c.hops.get(i)) {
                 specs.push(HopSpec {
@@ -1517,6 +1526,11 @@ impl World {
             return;
         };
         c.watch.stop_waiting();
+        if err.is_some() {
+            for t in &c.tokens {
+                self.unserved_at.insert(*t, now);
+            }
+        }
         let _ = c.circ.send_end(stream, EndReason::Done);
         let client = c.client;
         let circuit = cc;
@@ -1626,6 +1640,11 @@ impl World {
             // It died while its download waited, after its hops were paid: a hop may have
             // taken the payment and stopped; blame all of them as for a stall.
             self.avoid(now, client, &c.hops);
+        }
+        if c.stream.is_some() {
+            for t in &c.tokens {
+                self.unserved_at.insert(*t, now);
+            }
         }
         let cl = &mut self.clients[client as usize];
         if cl.current == Some(cc) {
@@ -1908,7 +1927,7 @@ impl World {
                             if stop && !c.stopped {
                                 // Everything paid beyond this is the client's loss.
                                 if let Some(t) = payment.token {
-                                    self.owed_at_stop.insert(t.0, a.owed_msat(inst));
+                                    self.owed_at_stop.insert(t.0, (a.owed_msat(inst), now));
                                 }
                             }
                         }
@@ -1985,7 +2004,12 @@ impl World {
                 }
             }
         }
-        let _ = end;
+        // Downloads still waiting at the end were not served.
+        for c in self.ccircs.values().filter(|c| c.stream.is_some()) {
+            for t in &c.tokens {
+                self.unserved_at.insert(*t, end);
+            }
+        }
         for (i, r) in self.relays.iter_mut().enumerate() {
             r.row.cpu_ms = self.cpu.busy(i as u32) as f64 / 1e6;
         }
@@ -1999,15 +2023,22 @@ impl World {
         self.out.cells = self.net.cells;
         self.out.chunk_msat = self.sc.payments.chunk_msat;
         // Per client and relay: what was paid on circuits the relay stopped, beyond what
-        // those circuits had carried when it stopped.
+        // those circuits had carried when it stopped, if a download on the circuit went
+        // unserved at the stop or later. (A circuit whose downloads were all served lost
+        // its client nothing an honest relay would not keep as well: the paid-ahead rest of
+        // a chunk is never refunded when a circuit closes.)
         let owed = &self.owed_at_stop;
+        let unserved = &self.unserved_at;
         self.out.lost_to = self
             .clients
             .iter()
             .map(|c| {
                 let mut lost: BTreeMap<u32, u64> = BTreeMap::new();
                 for ((relay, token), paid) in &c.paid_tokens {
-                    if let Some(o) = owed.get(token) {
+                    let Some((o, at)) = owed.get(token) else {
+                        continue;
+                    };
+                    if unserved.get(token).is_some_and(|w| w >= at) {
                         *lost.entry(*relay).or_insert(0) += paid.saturating_sub(*o);
                     }
                 }

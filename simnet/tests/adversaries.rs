@@ -75,8 +75,8 @@ fn take_payment_and_stop_costs_at_most_one_chunk() {
     assert!(text.contains("failure = 0.01"));
     // With 5 % of payments failing, circuits through a stopper often end for that reason
     // before their stall shows (the client's circuit is closed for the failed payment to
-    // another hop): the case `StallWatch::blame_on_end` is for. Without it, 3 of 23 victims
-    // paid a stopper a second chunk here.
+    // another hop): the case `StallWatch::blame_on_end` is for. Without it (and without the
+    // stall deadline), 1 of 19 victims paid a stopper a second chunk here.
     at_most_one_chunk_each(&run(&text.replace("failure = 0.01", "failure = 0.05")));
 }
 
