@@ -15,6 +15,12 @@
 //!   discard the circuit, note the relay as failed and build another (counted:
 //!   [`CircMgr::first_payment_failures`]). Circuits built ahead pay as they are built, so
 //!   this usually costs a stream nothing.
+//! - **Stalls** ([`crate::stall`]): a circuit whose stream waited for an answer that never
+//!   came (or that ended while one waited, after its hops were paid) counts as stalled; the
+//!   client cannot tell which hop stopped, so every hop of it is avoided for
+//!   [`MgrConfig::stall_avoid`], clean circuits through them are retired, and the stream
+//!   retries on another circuit. A relay that takes payment and stops relaying so gets one
+//!   chunk from the client, not one per circuit.
 //! - **Timeout** learned from observed build times ([`crate::buildtime`]).
 //! - **Isolation**: a circuit, once it carried a stream, belongs to that stream's
 //!   [`IsolationKey`]; streams with another key never use it.
@@ -45,6 +51,7 @@ use crate::buildtime::{BuildTimeConfig, BuildTimeEstimator};
 use crate::circuit_task::{spawn_circuit, CircuitHandle, CircuitInfo};
 use crate::payments::{ClientPayments, FirstPayment};
 use crate::socks::IsolationKey;
+use crate::stall::StallConfig;
 
 /// Settings of the circuit manager.
 #[derive(Debug, Clone)]
@@ -63,6 +70,11 @@ pub struct MgrConfig {
     pub build_attempts: usize,
     /// How long a relay that failed a build is avoided.
     pub failed_relay_ttl: Duration,
+    /// When a circuit whose stream waits counts as stalled.
+    pub stall: StallConfig,
+    /// How long every hop of a stalled circuit is avoided (long: a relay that took a
+    /// payment and stopped would take another on the next circuit through it).
+    pub stall_avoid: Duration,
     /// Use persistent guards for the first hop.
     pub use_guards: bool,
     /// Build-timeout estimator settings.
@@ -88,6 +100,8 @@ impl Default for MgrConfig {
             max_clean_age: Duration::from_secs(3600),
             build_attempts: 4,
             failed_relay_ttl: Duration::from_secs(60),
+            stall: StallConfig::default(),
+            stall_avoid: Duration::from_secs(3600),
             use_guards: true,
             buildtime: BuildTimeConfig::default(),
             channel: ChannelConfig::default(),
@@ -151,6 +165,7 @@ struct PoolEntry {
 struct State {
     pool: Vec<PoolEntry>,
     guards: GuardSet,
+    /// Relays to avoid, until when.
     failed: HashMap<[u8; 32], Instant>,
     groups: HashMap<IsolationKey, u64>,
     predicted: Option<Target>,
@@ -179,6 +194,8 @@ pub struct CircMgr {
     pay_failed: Arc<Mutex<Vec<[u8; 32]>>>,
     /// Circuits discarded because their first payments failed or timed out.
     first_payment_failures: AtomicU64,
+    /// Circuits given up as stalled (their hops then avoided).
+    stalled_circuits: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,6 +282,7 @@ impl CircMgr {
             payments: None,
             pay_failed: Arc::new(Mutex::new(Vec::new())),
             first_payment_failures: AtomicU64::new(0),
+            stalled_circuits: AtomicU64::new(0),
         }
     }
 
@@ -318,6 +336,12 @@ impl CircMgr {
     /// succeed in time (each was replaced by another build).
     pub fn first_payment_failures(&self) -> u64 {
         self.first_payment_failures.load(Ordering::Relaxed)
+    }
+
+    /// Circuits given up as stalled since the start (see [`crate::stall`]); every hop of each
+    /// is avoided for [`MgrConfig::stall_avoid`].
+    pub fn stalled_circuits(&self) -> u64 {
+        self.stalled_circuits.load(Ordering::Relaxed)
     }
 
     /// Circuits built (and, if paid, paid their first chunks) since the start.
@@ -473,11 +497,13 @@ impl CircMgr {
         let now = unix_now();
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
         let mut st = lock(&self.state);
-        let ttl = self.cfg.failed_relay_ttl;
+        let until = Instant::now() + self.cfg.failed_relay_ttl;
         for id in lock(&self.pay_failed).drain(..) {
-            st.failed.insert(id, Instant::now());
+            avoid_until(&mut st.failed, id, until);
         }
-        st.failed.retain(|_, t| t.elapsed() < ttl);
+        self.note_stalls(&mut st);
+        let at = Instant::now();
+        st.failed.retain(|_, until| *until > at);
         let all = relays.usable(now);
         let healthy: Vec<&Descriptor> = all
             .iter()
@@ -526,7 +552,40 @@ impl CircMgr {
     }
 
     fn mark_failed(&self, id: [u8; 32]) {
-        lock(&self.state).failed.insert(id, Instant::now());
+        let until = Instant::now() + self.cfg.failed_relay_ttl;
+        avoid_until(&mut lock(&self.state).failed, id, until);
+    }
+
+    /// Avoids every hop of each stalled circuit in the pool for [`MgrConfig::stall_avoid`],
+    /// and retires the clean circuits through them (each may have paid a hop that stops).
+    fn note_stalls(&self, st: &mut State) {
+        let until = Instant::now() + self.cfg.stall_avoid;
+        let mut blamed = Vec::new();
+        for e in &st.pool {
+            let info = e.handle.info();
+            if info.stalled() {
+                blamed.extend_from_slice(&info.path);
+                self.stalled_circuits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if blamed.is_empty() {
+            return;
+        }
+        for id in &blamed {
+            avoid_until(&mut st.failed, *id, until);
+        }
+        for e in &st.pool {
+            let info = e.handle.info();
+            if e.isolation.is_none() && info.path.iter().any(|h| blamed.contains(h)) {
+                info.retire();
+            }
+        }
+        debug!(
+            relays = blamed.len(),
+            "a circuit stalled: avoiding its hops"
+        );
+        // Marked: dropped from the pool now so they are not counted again.
+        st.pool.retain(|e| !e.handle.info().stalled());
     }
 
     async fn build_once(
@@ -577,8 +636,17 @@ impl CircMgr {
                 .map_err(|e| Attempt::Failed(format!("circuit state: {e}")))?
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (handle, build_rx) =
-            spawn_circuit(id, ids.clone(), circ, create, chan, circ_id, rx, started);
+        let (handle, build_rx) = spawn_circuit(
+            id,
+            ids.clone(),
+            circ,
+            create,
+            chan,
+            circ_id,
+            rx,
+            started,
+            self.cfg.stall.clone(),
+        );
         let remaining = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(remaining, build_rx).await {
             Ok(Ok(Ok(took))) => {
@@ -736,6 +804,7 @@ impl CircMgr {
         let now = Instant::now();
         {
             let mut st = lock(&self.state);
+            self.note_stalls(&mut st);
             let before = st.pool.len();
             let max_dirty = self.cfg.max_dirtiness;
             let max_clean = self.cfg.max_clean_age;
@@ -765,6 +834,12 @@ impl CircMgr {
             self.maintain();
         }
     }
+}
+
+/// Avoids relay `id` until `until` (or longer, if it already is).
+fn avoid_until(failed: &mut HashMap<[u8; 32], Instant>, id: [u8; 32], until: Instant) {
+    let e = failed.entry(id).or_insert(until);
+    *e = (*e).max(until);
 }
 
 enum Attempt {

@@ -13,6 +13,12 @@
 //!
 //! Cells are encrypted when taken from the state machine and sent in that order (the
 //! ordering rule of `onionvpn_proto::circuit`).
+//!
+//! Stalls (issue 6, [`crate::stall`]): a stream whose BEGIN is not answered while nothing
+//! arrives on the circuit for the stall timeout ends the circuit; so does any end, while
+//! such a stream waits, of a circuit whose hops were paid. Either way the circuit is marked
+//! [`CircuitInfo::stalled`] before its streams learn it closed, so the circuit manager
+//! avoids every hop of it when the stream asks again for a circuit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +33,8 @@ use onionvpn_proto::ext::PaymentTerms;
 use onionvpn_proto::relaymsg::{EndReason, StreamId, Target};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tracing::debug;
+
+use crate::stall::{StallConfig, StallWatch};
 
 /// Bytes toward the exit that one stream may have waiting inside the circuit task.
 pub const STREAM_WINDOW: usize = 1024 * 1024;
@@ -100,6 +108,7 @@ pub struct CircuitInfo {
     hops_built: AtomicUsize,
     open: AtomicBool,
     dead: AtomicBool,
+    stalled: AtomicBool,
     streams_open: AtomicUsize,
     streams_total: AtomicU64,
     /// Relay cells sent and received (what the hops charge for).
@@ -129,6 +138,12 @@ impl CircuitInfo {
     /// Whether the circuit is gone (its task ended).
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
+    }
+    /// Whether the circuit ended stalled: a stream waited for an answer that did not come
+    /// (or the circuit ended while one waited, after its hops were paid). Set before the
+    /// circuit counts as dead.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
     /// Streams open now.
     pub fn streams_open(&self) -> usize {
@@ -425,6 +440,7 @@ pub(crate) fn spawn_circuit(
     circ_id: CircId,
     rx: CircuitRx,
     started: Instant,
+    stall: StallConfig,
 ) -> (
     CircuitHandle,
     oneshot::Receiver<Result<Duration, BuildFailure>>,
@@ -436,6 +452,7 @@ pub(crate) fn spawn_circuit(
         hops_built: AtomicUsize::new(0),
         open: AtomicBool::new(false),
         dead: AtomicBool::new(false),
+        stalled: AtomicBool::new(false),
         streams_open: AtomicUsize::new(0),
         streams_total: AtomicU64::new(0),
         cells: AtomicU64::new(0),
@@ -456,6 +473,9 @@ pub(crate) fn spawn_circuit(
         streams: HashMap::new(),
         ready: VecDeque::new(),
         build_tx: Some(build_tx),
+        // Replaced once the circuit is built, with the timeout its build time gives.
+        watch: StallWatch::new(stall.min_timeout),
+        stall,
     };
     tokio::spawn(task.run(create));
     (CircuitHandle { tx, info }, build_rx)
@@ -474,6 +494,8 @@ struct Entry {
     connected: bool,
     xoff_sent: bool,
     in_ready: bool,
+    /// BEGIN sent, no answer yet: the stream waits for data (the stall watch counts it).
+    awaiting: bool,
 }
 
 enum Stop {
@@ -485,6 +507,8 @@ enum Stop {
     Destroyed(Option<DestroyReason>),
     /// The state machine refused input.
     Error(CircError),
+    /// A stream waited and nothing arrived for the stall timeout.
+    Stalled,
 }
 
 impl From<CircError> for Stop {
@@ -504,6 +528,8 @@ struct Task {
     /// Streams with bytes (or a FIN) waiting, round-robin.
     ready: VecDeque<StreamId>,
     build_tx: Option<oneshot::Sender<Result<Duration, BuildFailure>>>,
+    watch: StallWatch,
+    stall: StallConfig,
 }
 
 impl Task {
@@ -516,12 +542,22 @@ impl Task {
             Ok(()) => self.run_inner().await,
             Err(_) => Stop::ChannelClosed,
         };
+        // Blamed before it counts as dead: a stream retrying sees the mark.
+        let stalled = match &stop {
+            Stop::Stalled => true,
+            Stop::Unused => false,
+            _ => self.watch.blame_on_end(),
+        };
+        if stalled {
+            self.info.stalled.store(true, Ordering::Relaxed);
+        }
         self.info.dead.store(true, Ordering::Relaxed);
         let what = match &stop {
             Stop::Unused => "no longer used".to_owned(),
             Stop::ChannelClosed => "channel closed".to_owned(),
             Stop::Destroyed(r) => format!("destroyed by a hop ({r:?})"),
             Stop::Error(e) => format!("error: {e}"),
+            Stop::Stalled => format!("stalled: nothing arrived for {:?}", self.watch.timeout()),
         };
         debug!(circuit = self.info.id, "circuit ends: {what}");
         match &stop {
@@ -531,6 +567,11 @@ impl Task {
                     .await
             }
             Stop::Error(e) => self.chan.destroy(self.circ_id, e.destroy_reason()).await,
+            Stop::Stalled => {
+                self.chan
+                    .destroy(self.circ_id, DestroyReason::Timeout)
+                    .await
+            }
             Stop::Destroyed(_) => self.chan.release(self.circ_id).await,
             Stop::ChannelClosed => {}
         }
@@ -561,6 +602,7 @@ impl Task {
             if let Err(stop) = self.flush().await {
                 return stop;
             }
+            let deadline = self.watch.deadline();
             tokio::select! {
                 biased;
                 cell = self.rx.recv() => match cell {
@@ -582,6 +624,11 @@ impl Task {
                 () = self.info.allowance_changed.notified() => {
                     if let Err(e) = self.apply_allowance() {
                         return e.into();
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    if self.watch.is_stalled(Instant::now()) {
+                        return Stop::Stalled;
                     }
                 }
             }
@@ -636,6 +683,7 @@ impl Task {
             ChanCmd::Relay | ChanCmd::RelayEarly => {
                 self.info.cells.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
+                self.watch.received(now);
                 let ev = self.circ.handle_relay(cell.body_mut(), now)?;
                 self.on_event(ev)
             }
@@ -659,14 +707,19 @@ impl Task {
                     let window = self.circ.exit_window_bytes().unwrap_or(u64::MAX);
                     self.info.exit_window.store(window, Ordering::Relaxed);
                     self.info.open.store(true, Ordering::Relaxed);
+                    let took = self.info.started.elapsed();
+                    self.watch = StallWatch::new(self.stall.timeout(took));
                     if let Some(tx) = self.build_tx.take() {
-                        let _ = tx.send(Ok(self.info.started.elapsed()));
+                        let _ = tx.send(Ok(took));
                     }
                 }
             }
             ClientEvent::Connected { stream, .. } => {
                 if let Some(e) = self.streams.get_mut(&stream) {
                     e.connected = true;
+                    if std::mem::take(&mut e.awaiting) {
+                        self.watch.stop_waiting();
+                    }
                     e.shared.update(|st| st.connected = true);
                     if !e.pending.is_empty() || e.fin_wanted {
                         self.mark_ready(stream);
@@ -738,8 +791,10 @@ impl Task {
                                 connected: false,
                                 xoff_sent: false,
                                 in_ready: false,
+                                awaiting: true,
                             },
                         );
+                        self.watch.wait(Instant::now());
                         self.info.streams_open.fetch_add(1, Ordering::Relaxed);
                         self.info.streams_total.fetch_add(1, Ordering::Relaxed);
                         let _ = reply.send(Ok(id));
@@ -794,6 +849,9 @@ impl Task {
     /// Forgets a stream; `end` marks it ended abnormally for its owner.
     fn remove(&mut self, stream: StreamId, end: Option<StreamError>) {
         if let Some(e) = self.streams.remove(&stream) {
+            if e.awaiting {
+                self.watch.stop_waiting();
+            }
             e.credit.close();
             e.shared.update(|st| {
                 if let Some(end) = end {
@@ -806,6 +864,10 @@ impl Task {
 
     /// Holds back acknowledgements of the exit's data past the circuit's allowance.
     fn apply_allowance(&mut self) -> Result<(), CircError> {
+        // An allowance comes from the payer: the hops are being paid.
+        if self.info.allowance().is_some() {
+            self.watch.paid();
+        }
         self.circ
             .set_byte_allowance(self.info.allowance(), self.info.cells())
     }
@@ -875,5 +937,13 @@ impl Task {
             }
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -133,6 +133,12 @@ impl Billing {
         self.account.terms().token
     }
 
+    /// Whether any payment for this hop has arrived (for the test hook
+    /// `RuntimeOptions::test_stop_when_paid`).
+    fn paid_any(&self) -> bool {
+        self.credits.load(Ordering::Acquire) > 0 || self.account.credited_msat() > 0
+    }
+
     /// Counts `cells` relay cells carried through this hop.
     fn carry(&mut self, cells: usize) {
         self.account
@@ -473,6 +479,9 @@ impl CircuitTask {
                 })
             }
         }
+        if self.stopped_by_test_hook() {
+            return Ok(Flow::Continue);
+        }
         self.shared
             .stats
             .cells_forward
@@ -535,6 +544,9 @@ impl CircuitTask {
                 })
             }
         }
+        if self.stopped_by_test_hook() {
+            return Ok(Flow::Continue);
+        }
         self.circ.handle_backward(cell.body_mut())?;
         if let Some(b) = &mut self.billing {
             b.carry(1);
@@ -544,6 +556,12 @@ impl CircuitTask {
         cell.set_cmd(ChanCmd::Relay);
         self.to_prev.push(cell);
         Ok(Flow::Continue)
+    }
+
+    /// The test hook `RuntimeOptions::test_stop_when_paid`: paid, this circuit relays
+    /// nothing more.
+    fn stopped_by_test_hook(&self) -> bool {
+        self.shared.test_stop_when_paid && self.billing.as_ref().is_some_and(Billing::paid_any)
     }
 
     fn start_extend(&mut self, req: Box<ExtendRequest>) {

@@ -99,6 +99,12 @@ pub struct RuntimeOptions {
     /// The Lightning node that `wallet` requests on the control socket run against (`None`:
     /// they are answered with an error).
     pub wallet: Option<crate::control::WalletAccess>,
+    /// TEST HOOK, never set by the binary: the relay misbehaves as the "take payment and
+    /// stop" adversary of issue 6. Once a payment for a circuit's hop has arrived, the relay
+    /// silently drops every relay cell of that circuit in both directions (DESTROY still
+    /// passes), so the circuit stalls. The integration tests use it to check the client's
+    /// stall detection.
+    pub test_stop_when_paid: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -116,6 +122,7 @@ impl Default for RuntimeOptions {
             payments: None,
             control_socket: true,
             wallet: None,
+            test_stop_when_paid: false,
         }
     }
 }
@@ -232,6 +239,8 @@ pub(crate) struct Shared {
     pub(crate) exit: Option<Arc<ExitSettings>>,
     pub(crate) chanmgr: ChanMgr,
     pub(crate) extend_timeout: Duration,
+    /// The test hook [`RuntimeOptions::test_stop_when_paid`].
+    pub(crate) test_stop_when_paid: bool,
     channel: ChannelConfig,
     pub(crate) stats: StatsInner,
     /// Payment routing and the earnings ledger, when the relay is paid.
@@ -623,6 +632,7 @@ async fn start_inner(
             ExtendPolicy::for_listener(or_addr, config.exit.policy.allow_private_destinations),
         ),
         extend_timeout: opts.extend_timeout,
+        test_stop_when_paid: opts.test_stop_when_paid,
         channel: opts.channel.clone(),
         stats: StatsInner::default(),
         payments: payments.clone(),

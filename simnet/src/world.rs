@@ -3,11 +3,12 @@
 //!
 //! What runs here is the project's code: `ClientCircuit` and `RelayCircuit` (handshake,
 //! layered crypto, streams, Vegas congestion control), descriptor encoding, signing and
-//! verification and `select_path` (onionvpn-directory), the client's build-time estimator
-//! and hop targets (onionvpn-client), and the simulated payment rail (onionvpn-pay). What
-//! the world supplies is what the tokio shells supply in the binaries: moving cells
-//! between nodes (here with virtual latency and bandwidth), timers, the destination server
-//! and the decisions of the shells (which circuit a download uses, when to pay).
+//! verification and `select_path` (onionvpn-directory), the client's build-time estimator,
+//! hop targets and stall detection (onionvpn-client), and the simulated payment rail
+//! (onionvpn-pay). What the world supplies is what the tokio shells supply in the binaries:
+//! moving cells between nodes (here with virtual latency and bandwidth), timers, the
+//! destination server and the decisions of the shells (which circuit a download uses, when
+//! to pay).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

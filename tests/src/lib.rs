@@ -151,6 +151,9 @@ pub struct PaidNet {
     pub overpriced: Vec<usize>,
     /// Price per MiB of the overpriced relays, msat.
     pub overpriced_msat_per_mib: u64,
+    /// Relay indices that take payment and stop relaying (the relay's test hook
+    /// `RuntimeOptions::test_stop_when_paid`).
+    pub stop_when_paid: Vec<usize>,
     /// The started client pays (with the budget of [`client_config`] unless changed).
     pub client_pays: bool,
     /// The started client's budget, msat.
@@ -170,6 +173,7 @@ impl Default for PaidNet {
             grace_kib: 2048,
             overpriced: Vec::new(),
             overpriced_msat_per_mib: 1_000_000,
+            stop_when_paid: Vec::new(),
             client_pays: true,
             client_budget_msat: 1_000_000,
             payer: PayerConfig {
@@ -354,6 +358,7 @@ impl LocalNet {
                 };
                 rc.prices.msat_per_min = p.msat_per_min;
                 rc.prices.grace_kib = p.grace_kib;
+                opts.test_stop_when_paid = p.stop_when_paid.contains(&i);
                 opts.payments = Some(RelayPayments {
                     rail: p.rails.relay(i).ok_or(LocalNetError::NoRail(i))?,
                     ledger_dir: onionvpn_relay::payments::ledger_dir(&data_dir),
