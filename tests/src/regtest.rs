@@ -295,7 +295,7 @@ impl Regtest {
         let target = (h + COINBASE_MATURITY).max(SEGWIT_HEIGHT);
         self.mine(target.saturating_sub(h))?;
         for r in rails {
-            r.sync().await?;
+            sync(r).await?;
             wait_until(NODE_DEADLINE, "funds to be spendable", || {
                 Ok(r.balances()?.onchain_spendable_sat > 0)
             })
@@ -358,7 +358,7 @@ impl Regtest {
             // spending its input: the next open would pick the same coin (a double spend
             // the chain refuses). One block and a sync make the spend known.
             self.mine(1)?;
-            from.sync().await?;
+            sync(from).await?;
         }
         self.mine(CHANNEL_DEPTH)?;
         for peer in to {
@@ -375,7 +375,7 @@ impl Regtest {
         let h = self.height()?;
         let target = (h + COINBASE_MATURITY).max(SEGWIT_HEIGHT);
         self.mine(target.saturating_sub(h))?;
-        rail.sync().await?;
+        sync(rail).await?;
         // Coinbase outputs mature one block apart: wait for all of them.
         let want = n.max(1) * 50 * 100_000_000 * 9 / 10;
         wait_until(NODE_DEADLINE, "funds to be spendable", || {
@@ -470,6 +470,24 @@ pub async fn wait_event(
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                 return Err(RegtestError::Pay(PayError::RailStopped))
             }
+        }
+    }
+}
+
+/// Syncs `rail`'s wallets with the chain, trying again (at most 10 times in all) when a
+/// sync fails: on a loaded machine ldk-node's RPC polls of the chain time out now and then
+/// ("Failed to sync transactions"), and its background sync would catch up later anyway.
+pub async fn sync(rail: &LdkRail) -> Result<(), RegtestError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match rail.sync().await {
+            Err(PayError::Node {
+                context: "sync", ..
+            }) if tries < 10 => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return Ok(r?),
         }
     }
 }
