@@ -70,10 +70,12 @@ pub struct MgrConfig {
     pub build_attempts: usize,
     /// How long a relay that failed a build is avoided.
     pub failed_relay_ttl: Duration,
-    /// When a circuit whose stream waits counts as stalled.
+    /// When a circuit whose stream waits counts as stalled (the runtime sets `min_timeout`
+    /// from the config file's `stall_timeout_s`).
     pub stall: StallConfig,
     /// How long every hop of a stalled circuit is avoided (long: a relay that took a
-    /// payment and stopped would take another on the next circuit through it).
+    /// payment and stopped would take another on the next circuit through it). The runtime
+    /// sets it from the config file's `stall_avoid_s`.
     pub stall_avoid: Duration,
     /// Use persistent guards for the first hop.
     pub use_guards: bool,

@@ -177,6 +177,9 @@ impl Cli {
             budget: self.budget,
             // A flag can only switch it on; absent, the file decides.
             log_sensitive: self.log_sensitive.then_some(true),
+            // File only (see ClientConfig::stall_timeout).
+            stall_timeout_s: None,
+            stall_avoid_s: None,
             tun: TunLayer {
                 // A flag can only switch it on; absent, the file decides.
                 enabled: self.tun.then_some(true),
@@ -384,6 +387,11 @@ mod tests {
             ("log_sensitive = 1", "log_sensitive"),
             ("data_dir = \"\"", "data_dir"),
             ("network_key = 3", "network_key"),
+            ("stall_timeout_s = 0", "stall_timeout_s"),
+            ("stall_timeout_s = 3601", "stall_timeout_s"),
+            ("stall_timeout_s = 1.5", "stall_timeout_s"),
+            ("stall_avoid_s = -1", "stall_avoid_s"),
+            ("stall_avoid_s = 604801", "stall_avoid_s"),
         ] {
             match file(text) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
@@ -391,6 +399,17 @@ mod tests {
             }
         }
         assert!(matches!(file("hops = "), Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
+    fn stall_settings_come_from_the_file() {
+        let layer = file("stall_timeout_s = 30\nstall_avoid_s = 0").unwrap();
+        let c = ClientConfig::resolve(&Layer::default(), Some(&layer), &home_env).unwrap();
+        assert_eq!(c.stall_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.stall_avoid, std::time::Duration::ZERO);
+        let d = ClientConfig::resolve(&Layer::default(), None, &home_env).unwrap();
+        assert_eq!(d.stall_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(d.stall_avoid, std::time::Duration::from_secs(3600));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use onionvpn_directory::descriptor::Prices;
 use onionvpn_directory::network::{Network, PUBLIC_NETWORK_NAME};
@@ -35,6 +36,14 @@ pub const DEFAULT_MAX_PRICE_MIB: u64 = 2_000;
 pub const DEFAULT_MAX_PRICE_MIN: u64 = 100;
 /// Default spending cap, in millisatoshi (1000 sat).
 pub const DEFAULT_BUDGET: u64 = 1_000_000;
+/// Default least stall timeout, seconds (`crate::stall::StallConfig::min_timeout`).
+pub const DEFAULT_STALL_TIMEOUT_S: u64 = 15;
+/// Default time every hop of a stalled circuit is avoided, seconds.
+pub const DEFAULT_STALL_AVOID_S: u64 = 3600;
+/// Largest `stall_timeout_s`.
+const MAX_STALL_TIMEOUT_S: u64 = 3600;
+/// Largest `stall_avoid_s` (a week).
+const MAX_STALL_AVOID_S: u64 = 7 * 24 * 3600;
 /// Name of the client's directory under the XDG base directories.
 pub const APP_DIR: &str = "onionvpn";
 /// File name of the default config file under `$XDG_CONFIG_HOME/onionvpn/`.
@@ -67,6 +76,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("budget", "a non-negative integer (millisatoshi)"),
     ("log_sensitive", "true or false"),
+    ("stall_timeout_s", "an integer from 1 to 3600 (seconds)"),
+    ("stall_avoid_s", "an integer from 0 to 604800 (seconds)"),
     (
         "tun",
         "a table of TUN-mode settings: enabled, name, address, mtu, routes, fake_range, isolation",
@@ -204,6 +215,10 @@ pub struct Layer {
     pub budget: Option<u64>,
     /// Log addresses and destinations unredacted.
     pub log_sensitive: Option<bool>,
+    /// Least stall timeout, seconds (1..=3600).
+    pub stall_timeout_s: Option<u64>,
+    /// How long every hop of a stalled circuit is avoided, seconds (0..=604800).
+    pub stall_avoid_s: Option<u64>,
     /// TUN-mode settings (the `[tun]` table, `--tun*` flags).
     pub tun: TunLayer,
     /// The embedded Lightning node that pays the relays (the `[lightning]` table).
@@ -300,6 +315,20 @@ impl Layer {
                 "log_sensitive" => {
                     layer.log_sensitive =
                         Some(v.as_bool().ok_or_else(|| invalid("log_sensitive", v))?)
+                }
+                "stall_timeout_s" => {
+                    layer.stall_timeout_s = Some(
+                        msat(v)
+                            .filter(|s| (1..=MAX_STALL_TIMEOUT_S).contains(s))
+                            .ok_or_else(|| invalid("stall_timeout_s", v))?,
+                    )
+                }
+                "stall_avoid_s" => {
+                    layer.stall_avoid_s = Some(
+                        msat(v)
+                            .filter(|s| *s <= MAX_STALL_AVOID_S)
+                            .ok_or_else(|| invalid("stall_avoid_s", v))?,
+                    )
                 }
                 "tun" => layer.tun = TunLayer::from_toml(v, &origin)?,
                 "lightning" => layer.lightning = Some(lightning_from_toml(v, &origin)?),
@@ -417,6 +446,12 @@ pub struct ClientConfig {
     pub budget_msat: u64,
     /// Log addresses and destinations unredacted (default false).
     pub log_sensitive: bool,
+    /// A circuit whose stream's BEGIN gets no answer for this long (or 4 × its build time,
+    /// if longer) is given up as stalled (docs/client.md, "Stalled circuits"); default
+    /// [`DEFAULT_STALL_TIMEOUT_S`].
+    pub stall_timeout: Duration,
+    /// How long every hop of a stalled circuit is avoided; default [`DEFAULT_STALL_AVOID_S`].
+    pub stall_avoid: Duration,
     /// TUN mode, when enabled (`None`: SOCKS only).
     pub tun: Option<TunSettings>,
     /// The Lightning node that pays the relays (`None`: the client pays nobody, and relays
@@ -494,6 +529,11 @@ impl ClientConfig {
             },
             budget_msat: pick!(budget).unwrap_or(DEFAULT_BUDGET),
             log_sensitive: pick!(log_sensitive).unwrap_or(false),
+            // File only, like `[payments]`: tuning, not a per-run choice.
+            stall_timeout: Duration::from_secs(
+                file.stall_timeout_s.unwrap_or(DEFAULT_STALL_TIMEOUT_S),
+            ),
+            stall_avoid: Duration::from_secs(file.stall_avoid_s.unwrap_or(DEFAULT_STALL_AVOID_S)),
             tun: cli.tun.resolve(&file.tun),
             // File only: the node's settings (and its RPC password) do not belong on a
             // command line.
@@ -515,6 +555,8 @@ impl ClientConfig {
             price_cap,
             budget_msat,
             log_sensitive,
+            stall_timeout,
+            stall_avoid,
             tun,
             lightning,
             payer,
@@ -537,6 +579,8 @@ impl ClientConfig {
         t.insert("max_price_min".into(), int(price_cap.msat_per_min));
         t.insert("budget".into(), int(*budget_msat));
         t.insert("log_sensitive".into(), toml::Value::Boolean(*log_sensitive));
+        t.insert("stall_timeout_s".into(), int(stall_timeout.as_secs()));
+        t.insert("stall_avoid_s".into(), int(stall_avoid.as_secs()));
         if let Some(tun) = tun {
             t.insert("tun".into(), toml::Value::Table(tun.to_toml_table()));
         }

@@ -313,6 +313,8 @@ pub async fn start_client_with(
     let mut mgr_cfg = opts.mgr.clone();
     mgr_cfg.hops = usize::from(config.hops);
     mgr_cfg.price_cap = config.price_cap;
+    mgr_cfg.stall.min_timeout = config.stall_timeout;
+    mgr_cfg.stall_avoid = config.stall_avoid;
     let mut mgr = CircMgr::new(mgr_cfg, relays, guards, cache);
     let mut tally = None;
     if let Some(setup) = &opts.payments {

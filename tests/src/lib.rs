@@ -310,6 +310,8 @@ pub fn client_config(
         },
         budget_msat: 1_000_000,
         log_sensitive: false,
+        stall_timeout: Duration::from_secs(onionvpn_client::config::DEFAULT_STALL_TIMEOUT_S),
+        stall_avoid: Duration::from_secs(onionvpn_client::config::DEFAULT_STALL_AVOID_S),
         tun: None,
         lightning: None,
         payer: Default::default(),
