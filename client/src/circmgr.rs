@@ -18,8 +18,9 @@
 //! - **Stalls** ([`crate::stall`]): a circuit whose stream waited for an answer that never
 //!   came (or that ended while one waited, after its hops were paid) counts as stalled; the
 //!   client cannot tell which hop stopped, so every hop of it is avoided for
-//!   [`MgrConfig::stall_avoid`], clean circuits through them are retired, and the stream
-//!   retries on another circuit. A relay that takes payment and stops relaying so gets one
+//!   [`MgrConfig::stall_avoid`], circuits through them that carry no stream are retired
+//!   (their payers would keep paying), they are the last relays a path falls back to, and
+//!   the stream retries on another circuit. A relay that takes payment and stops relaying so gets one
 //!   chunk from the client, not one per circuit.
 //! - **Timeout** learned from observed build times ([`crate::buildtime`]).
 //! - **Isolation**: a circuit, once it carried a stream, belongs to that stream's
@@ -169,6 +170,9 @@ struct State {
     guards: GuardSet,
     /// Relays to avoid, until when.
     failed: HashMap<[u8; 32], Instant>,
+    /// Hops of stalled circuits, until when: avoided like `failed`, and still when too few
+    /// relays are left and the failed ones are tried again (one may take payment and stop).
+    stalled: HashMap<[u8; 32], Instant>,
     groups: HashMap<IsolationKey, u64>,
     predicted: Option<Target>,
 }
@@ -269,6 +273,7 @@ impl CircMgr {
                 pool: Vec::new(),
                 guards,
                 failed: HashMap::new(),
+                stalled: HashMap::new(),
                 groups: HashMap::new(),
                 predicted: None,
             }),
@@ -506,8 +511,14 @@ impl CircMgr {
         self.note_stalls(&mut st);
         let at = Instant::now();
         st.failed.retain(|_, until| *until > at);
+        st.stalled.retain(|_, until| *until > at);
         let all = relays.usable(now);
-        let healthy: Vec<&Descriptor> = all
+        let not_stalled: Vec<&Descriptor> = all
+            .iter()
+            .copied()
+            .filter(|d| !st.stalled.contains_key(&d.identity().0))
+            .collect();
+        let healthy: Vec<&Descriptor> = not_stalled
             .iter()
             .copied()
             .filter(|d| !st.failed.contains_key(&d.identity().0))
@@ -519,14 +530,16 @@ impl CircMgr {
             use_guards: self.cfg.use_guards,
         };
         let mut rng = rand::rng();
-        let path = match select_path(&healthy, &req, &mut st.guards, now, &mut rng) {
-            Ok(p) => p,
-            // Too few healthy relays: the failed ones may have recovered.
-            Err(_) if healthy.len() < all.len() => {
-                select_path(&all, &req, &mut st.guards, now, &mut rng)?
-            }
-            Err(e) => return Err(e),
-        };
+        // Too few healthy relays: the failed ones may have recovered; the hops of stalled
+        // circuits are tried again only if no path exists without them.
+        let mut path = select_path(&healthy, &req, &mut st.guards, now, &mut rng);
+        if path.is_err() && healthy.len() < not_stalled.len() {
+            path = select_path(&not_stalled, &req, &mut st.guards, now, &mut rng);
+        }
+        if path.is_err() && not_stalled.len() < all.len() {
+            path = select_path(&all, &req, &mut st.guards, now, &mut rng);
+        }
+        let path = path?;
         let hops = path.hops.iter().map(|d| (*d).clone()).collect();
         Ok((hops, path.new_guard))
     }
@@ -559,7 +572,8 @@ impl CircMgr {
     }
 
     /// Avoids every hop of each stalled circuit in the pool for [`MgrConfig::stall_avoid`],
-    /// and retires the clean circuits through them (each may have paid a hop that stops).
+    /// and retires the circuits through them that carry no stream (each may pay a hop that
+    /// stopped).
     fn note_stalls(&self, st: &mut State) {
         let until = Instant::now() + self.cfg.stall_avoid;
         let mut blamed = Vec::new();
@@ -574,11 +588,15 @@ impl CircMgr {
             return;
         }
         for id in &blamed {
-            avoid_until(&mut st.failed, *id, until);
+            avoid_until(&mut st.stalled, *id, until);
         }
+        // Circuits through them that carry no stream now go too: an idle circuit's payer
+        // would keep paying a hop that stopped relaying (the per-minute price, the next
+        // chunk). One that carries a stream is evidently served: it runs its course.
         for e in &st.pool {
             let info = e.handle.info();
-            if e.isolation.is_none() && info.path.iter().any(|h| blamed.contains(h)) {
+            let idle = e.isolation.is_none() || info.streams_open() == 0;
+            if idle && info.path.iter().any(|h| blamed.contains(h)) {
                 info.retire();
             }
         }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http::{self, Download};
@@ -67,4 +68,38 @@ pub async fn upload(
     })
     .await
     .map_err(|_| TransferError::Hung(limit))?
+}
+
+/// Asks for `/bytes/{len}` through `socks` (SOCKS credentials `creds` pick the circuit's
+/// isolation) and counts the body bytes that arrive before the stream ends for whatever
+/// reason: 0 if it never started, `None` if it was still open after `limit`.
+pub async fn count_body(
+    socks: SocketAddr,
+    http: SocketAddr,
+    len: u64,
+    creds: Option<(&str, &str)>,
+    limit: Duration,
+) -> Option<u64> {
+    let count = async {
+        let Ok(mut s) = open(socks, http, creds).await else {
+            return 0;
+        };
+        let req = format!("GET /bytes/{len} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return 0;
+        }
+        let Ok((_, early)) = http::read_head(&mut s).await else {
+            return 0;
+        };
+        let mut n = early.len() as u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(k) = s.read(&mut buf).await {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    };
+    tokio::time::timeout(limit, count).await.ok()
 }

@@ -185,6 +185,24 @@ impl Default for PaidNet {
     }
 }
 
+/// A loopback address with port 0: listen on any free port.
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// Polls `f` every 50 ms until it holds or `limit` passes (for states with no event to
+/// await); whether it held.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
 /// The test-rail node id of relay `i`.
 pub fn relay_node_id(i: usize) -> NodeId {
     let mut id = [0u8; 33];
