@@ -296,6 +296,26 @@ fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
     v
 }
 
+impl Net {
+    /// The exit sends `down` on stream `s` while its congestion window lets it, delivering
+    /// everything in between, until it can send no more (or all is sent); the bytes sent.
+    fn exit_sends_while_it_may(&mut self, s: StreamId, down: &[u8]) -> usize {
+        let mut d = 0;
+        for _ in 0..10_000 {
+            let now = self.now;
+            let before = d;
+            while d < down.len() && self.exit().can_send(s) {
+                d += self.exit().send_data(s, &down[d..], now).unwrap();
+            }
+            self.pump();
+            if d == before {
+                break;
+            }
+        }
+        d
+    }
+}
+
 fn built_net(seed: u64) -> Net {
     let mut net = Net::new(seed, RelayPolicy::default());
     net.pump();
@@ -542,19 +562,8 @@ fn held_acknowledgements_stop_the_exit_within_its_window_and_release_in_order() 
     let s = net.open_stream();
     net.client.set_ack_limit(Some(LIMIT)).unwrap();
     let down = random_bytes(&mut net.rng, 4 << 20);
-    let mut d = 0;
     // Send while the exit's congestion window allows: it must run out.
-    for _ in 0..10_000 {
-        let now = net.now;
-        let before = d;
-        while d < down.len() && net.exit().can_send(s) {
-            d += net.exit().send_data(s, &down[d..], now).unwrap();
-        }
-        net.pump();
-        if d == before {
-            break;
-        }
-    }
+    let d = net.exit_sends_while_it_may(s, &down);
     assert!(net.failed.is_none(), "{:?}", net.failed);
     assert!(d < down.len(), "the exit stopped before the end");
     let received = net.client.data_cells_received();
@@ -600,18 +609,7 @@ fn the_exit_keeps_to_the_window_the_client_asked_for() {
     let s = net.open_stream();
     net.client.set_ack_limit(Some(0)).unwrap();
     let down = random_bytes(&mut net.rng, 1 << 20);
-    let mut d = 0;
-    for _ in 0..1000 {
-        let now = net.now;
-        let before = d;
-        while d < down.len() && net.exit().can_send(s) {
-            d += net.exit().send_data(s, &down[d..], now).unwrap();
-        }
-        net.pump();
-        if d == before {
-            break;
-        }
-    }
+    net.exit_sends_while_it_may(s, &down);
     assert!(net.failed.is_none(), "{:?}", net.failed);
     assert_eq!(net.client.data_cells_received(), 64);
 
